@@ -1,0 +1,35 @@
+"""Shared test setup: Hypothesis profiles and where the read-only reference material lives."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# CI must be repeatable: derandomize makes every property draw the same examples on every run.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+from pathlib import Path
+
+import pytest
+
+# Reference material (fixtures, corpora, tiktoken cache) is never copied into the project: tests
+# that need it look for it here and skip, saying why, where it is absent (as on a fresh clone).
+SHARED = Path(os.environ.get("LMKIT_SHARED", Path(__file__).parent.parent / "shared")).resolve()
+
+
+def shared_path(relative: str) -> Path:
+    """Path of a file under ../shared (or $LMKIT_SHARED); skips the calling test when it is absent."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{relative} not found under {SHARED} (set LMKIT_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared reference folder {SHARED} not found (set LMKIT_SHARED)")
+    return SHARED

@@ -1,0 +1,64 @@
+# Every recipe sets up what it needs: a .venv with the project installed (see `setup`).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+python := venv / "bin/python"
+# The CPU build of torch: on these machines `pip install torch==2.13.0` takes it from local disk.
+# With a GPU, install the CUDA build into .venv first (README) and setup leaves it alone.
+torch_spec := env_var_or_default("TORCH_SPEC", "torch==2.13.0")
+shared := env_var_or_default("LMKIT_SHARED", "../shared")
+
+# list the recipes
+default:
+    @just --list
+
+# create or reuse .venv, install torch (CPU build when absent) and the project with its dev tools
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x {{python}} ] || python3 -m venv {{venv}}
+    {{python}} -c "import torch" 2>/dev/null || {{python}} -m pip install -q "{{torch_spec}}"
+    if [ ! -f {{venv}}/.installed ] || [ pyproject.toml -nt {{venv}}/.installed ]; then
+        {{python}} -m pip install -q -e ".[dev]"
+        touch {{venv}}/.installed
+    fi
+
+# run the test suite with runtime shape checking (jaxtyping + beartype over core and params)
+test *ARGS: setup
+    {{python}} -m pytest --jaxtyping-packages=core,params,beartype.beartype {{ARGS}}
+
+# train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max-steps 200`
+train *ARGS: setup
+    {{python}} -m pipelines.train {{ARGS}}
+
+# train a byte-level BPE tokenizer: `just train-tokenizer INPUT --vocab-size N --special '<|endoftext|>' --out DIR`
+train-tokenizer *ARGS: setup
+    {{python}} -m pipelines.train_tokenizer {{ARGS}}
+
+# encode a text file to a .npy of token ids: `just tokenize INPUT --tokenizer DIR --out FILE.npy`
+tokenize *ARGS: setup
+    {{python}} -m pipelines.tokenize {{ARGS}}
+
+# sample from a trained run: `just generate --run DIR --prompt "Once upon a time"`
+generate *ARGS: setup
+    {{python}} -m pipelines.generate {{ARGS}}
+
+# draw learning curves of one or more runs to PNG: `just plot RUN...`
+plot *ARGS: setup
+    {{python}} -m pipelines.plot {{ARGS}}
+
+# run a grid of training variants: `just sweep CONFIG --vary lr=1e-4,1e-3`
+sweep *ARGS: setup
+    {{python}} -m pipelines.sweep {{ARGS}}
+
+# parameter, FLOP, memory and time accounting for model configs
+accounting *ARGS: setup
+    {{python}} -m pipelines.accounting {{ARGS}}
+
+# tokenizer experiments: compression, throughput, longest tokens
+tokenizer-report *ARGS: setup
+    {{python}} -m pipelines.tokenizer_report {{ARGS}}
+
+# run one benchmark, side by side with its peer: `just bench model`
+bench NAME *ARGS: setup
+    {{python}} bench/{{NAME}}.py {{ARGS}}
