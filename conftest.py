@@ -2,7 +2,13 @@
 
 import os
 
+from beartype import BeartypeConf, beartype
 from hypothesis import HealthCheck, settings
+
+# The runtime type checker `just test` installs over core and params through jaxtyping's import
+# hook (--jaxtyping-packages=core,params,conftest.typechecker). The PEP 484 numeric tower accepts
+# an int where a float is annotated, as Python's typing rules say (the suite passes theta=10000).
+typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
 
 # CI must be repeatable: derandomize makes every property draw the same examples on every run.
 settings.register_profile(

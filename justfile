@@ -25,7 +25,7 @@ setup:
 
 # run the test suite with runtime shape checking (jaxtyping + beartype over core and params)
 test *ARGS: setup
-    {{python}} -m pytest --jaxtyping-packages=core,params,beartype.beartype {{ARGS}}
+    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker {{ARGS}}
 
 # train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max-steps 200`
 train *ARGS: setup

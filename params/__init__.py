@@ -1,1 +1,1 @@
-
+"""Parameter pytrees: building, naming, loading, and the thin nn.Module shells that hold them."""

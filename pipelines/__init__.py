@@ -1,1 +1,1 @@
-
+"""Everything that touches the world: files, processes, devices, command lines, logs and plots."""

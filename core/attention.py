@@ -1,0 +1,121 @@
+"""Rotary position embeddings, scaled dot-product attention and causal multi-head self-attention."""
+
+import math
+from functools import lru_cache
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from core.layers import linear, softmax
+
+# Per layer, the keys and values of the positions seen so far: each (*batch, heads, seq, d_k).
+KV = tuple[Tensor, Tensor]
+
+
+@lru_cache(maxsize=32)
+def rope_table(
+    d_k: int, theta: float, max_seq_len: int, device: torch.device
+) -> tuple[Float[Tensor, "max_seq_len half_d_k"], Float[Tensor, "max_seq_len half_d_k"]]:
+    """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device)."""
+    inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+    angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
+    return angles.cos().float(), angles.sin().float()
+
+
+def rope(
+    x: Float[Tensor, "*batch seq d_k"],
+    positions: Int[Tensor, "*#pbatch seq"],
+    theta: float,
+    max_seq_len: int,
+) -> Float[Tensor, "*batch seq d_k"]:
+    """Rotate each adjacent pair (x[2k], x[2k+1]) by the angle position / theta^(2k/d_k).
+
+    `positions` broadcasts against the leading dims of `x` (add a singleton for the heads) and
+    must lie below max_seq_len; callers check that once, not on every call (it would sync)."""
+    cos_table, sin_table = rope_table(x.shape[-1], float(theta), max_seq_len, x.device)
+    cos, sin = cos_table[positions].to(x.dtype), sin_table[positions].to(x.dtype)
+    pairs = x.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2)
+
+
+def scaled_dot_product_attention(
+    q: Float[Tensor, "*batch q d_k"],
+    k: Float[Tensor, "*batch k d_k"],
+    v: Float[Tensor, "*batch k d_v"],
+    mask: Bool[Tensor, "*#mbatch q k"] | None = None,
+) -> Float[Tensor, "*batch q d_v"]:
+    """softmax(q k^T / sqrt(d_k)) v, where mask False gives a key probability 0."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ v
+
+
+def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Bool[Tensor, "q k"]:
+    """Query i (the last num_queries of num_keys positions) sees every key j at or before it."""
+    offset = num_keys - num_queries
+    queries = torch.arange(num_queries, device=device)[:, None] + offset
+    return torch.arange(num_keys, device=device)[None, :] <= queries
+
+
+def split_heads(x: Float[Tensor, "*batch seq d_model"], num_heads: int) -> Float[Tensor, "*batch heads seq d_k"]:
+    return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+
+
+def merge_heads(x: Float[Tensor, "*batch heads seq d_k"]) -> Float[Tensor, "*batch seq d_model"]:
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def multihead_self_attention(
+    params: dict,
+    x: Float[Tensor, "*batch seq d_model"],
+    num_heads: int,
+    *,
+    rope_theta: float | None = None,
+    max_seq_len: int | None = None,
+    positions: Int[Tensor, "*#pbatch seq"] | None = None,
+) -> Float[Tensor, "*batch seq d_model"]:
+    """Causal self-attention; RoPE on queries and keys when rope_theta is given.
+
+    params: {"q_proj", "k_proj", "v_proj", "output_proj"} each {"weight": (d_model, d_model)},
+    heads stacked along the rows in order."""
+    out, _ = multihead_self_attention_step(
+        params, x, num_heads, rope_theta=rope_theta, max_seq_len=max_seq_len, positions=positions
+    )
+    return out
+
+
+def multihead_self_attention_step(
+    params: dict,
+    x: Float[Tensor, "*batch seq d_model"],
+    num_heads: int,
+    *,
+    rope_theta: float | None = None,
+    max_seq_len: int | None = None,
+    positions: Int[Tensor, "*#pbatch seq"] | None = None,
+    past: KV | None = None,
+) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
+    """Self-attention of new positions over `past` keys/values plus their own (a KV cache).
+
+    Returns the output and the keys/values extended by the new positions."""
+    seq = x.shape[-2]
+    past_len = 0 if past is None else past[0].shape[-2]
+    q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
+    k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
+    v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
+    if rope_theta is not None:
+        if max_seq_len is None:
+            raise ValueError("RoPE needs max_seq_len alongside rope_theta")
+        if positions is None:
+            positions = torch.arange(past_len, past_len + seq, device=x.device)
+        head_positions = positions.unsqueeze(-2)  # broadcast over the heads axis
+        q = rope(q, head_positions, rope_theta, max_seq_len)
+        k = rope(k, head_positions, rope_theta, max_seq_len)
+    if past is not None:
+        k = torch.cat((past[0], k), dim=-2)
+        v = torch.cat((past[1], v), dim=-2)
+    attended = scaled_dot_product_attention(q, k, v, causal_mask(seq, k.shape[-2], x.device))
+    return linear(params["output_proj"]["weight"], merge_heads(attended)), (k, v)

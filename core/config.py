@@ -1,0 +1,72 @@
+"""The model's hyper-parameters: one frozen, validated dataclass."""
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+NORMS = ("pre", "post", "none")
+POSITIONS = ("rope", "none")
+FFNS = ("swiglu", "silu")
+
+
+def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
+    """The feed-forward width the handout uses: about 8/3 d_model rounded to a multiple of 64 for
+    SwiGLU (1344 for d_model 512), which matches the 4 d_model of a plain SiLU FFN in parameters."""
+    if ffn == "silu":
+        return 4 * d_model
+    return max(64, round(8 * d_model / 3 / 64) * 64)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int | None = None  # None: default_d_ff(d_model, ffn)
+    rope_theta: float = 10000.0
+    norm: Literal["pre", "post", "none"] = "pre"
+    position: Literal["rope", "none"] = "rope"
+    ffn: Literal["swiglu", "silu"] = "swiglu"
+    tie_embeddings: bool = False
+    rmsnorm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", default_d_ff(self.d_model, self.ffn))
+        elif isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"ModelConfig.d_ff must be a positive integer or None, got {self.d_ff!r}")
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(
+                f"ModelConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.position == "rope" and self.head_dim % 2 != 0:
+            raise ValueError(f"RoPE needs an even head dimension, got d_model/num_heads = {self.head_dim}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
+        if not self.rmsnorm_eps > 0:
+            raise ValueError(f"ModelConfig.rmsnorm_eps must be positive, got {self.rmsnorm_eps!r}")
+        for name, allowed in (("norm", NORMS), ("position", POSITIONS), ("ffn", FFNS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"ModelConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)

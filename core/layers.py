@@ -1,0 +1,56 @@
+"""The small building blocks of the Transformer, each a pure function of its weights and input.
+
+Weights use torch.nn.Linear's (out, in) layout, so state dicts load without transposes."""
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def linear(weight: Float[Tensor, "d_out d_in"], x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"]:
+    return x @ weight.T
+
+
+def embedding(weight: Float[Tensor, "vocab d_model"], token_ids: Int[Tensor, "*batch"]) -> Float[Tensor, "*batch d_model"]:
+    return weight[token_ids]
+
+
+def rmsnorm(
+    weight: Float[Tensor, " d_model"], x: Float[Tensor, "*batch d_model"], eps: float = 1e-5
+) -> Float[Tensor, "*batch d_model"]:
+    # Squares of bf16/fp16 activations overflow or lose precision; normalise in float32.
+    in_dtype = x.dtype
+    x = x.float()
+    rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (x * rms * weight).to(in_dtype)
+
+
+def silu(x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+    return x * torch.sigmoid(x)
+
+
+def swiglu(
+    w1: Float[Tensor, "d_ff d_model"],
+    w2: Float[Tensor, "d_model d_ff"],
+    w3: Float[Tensor, "d_ff d_model"],
+    x: Float[Tensor, "*batch d_model"],
+) -> Float[Tensor, "*batch d_model"]:
+    return linear(w2, silu(linear(w1, x)) * linear(w3, x))
+
+
+def silu_ffn(
+    w1: Float[Tensor, "d_ff d_model"], w2: Float[Tensor, "d_model d_ff"], x: Float[Tensor, "*batch d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    """The ungated feed-forward of the SwiGLU ablation: w2 silu(w1 x)."""
+    return linear(w2, silu(linear(w1, x)))
+
+
+def softmax(x: Float[Tensor, "*shape"], dim: int = -1) -> Float[Tensor, "*shape"]:
+    # Subtracting the max keeps exp() from overflowing; the result is unchanged mathematically.
+    exp = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return exp / exp.sum(dim=dim, keepdim=True)
+
+
+def log_softmax(x: Float[Tensor, "*shape"], dim: int = -1) -> Float[Tensor, "*shape"]:
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))

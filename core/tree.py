@@ -1,0 +1,26 @@
+"""Pytrees: nested dicts and lists of tensors, mapped over as one value (as in JAX).
+
+torch ships the machinery in a private module; this file is the one place that reaches into it."""
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils import _pytree
+
+Tree = Any  # a tensor, or a dict / list / tuple of trees
+
+
+def tree_map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
+    return _pytree.tree_map(fn, tree, *rest)
+
+
+def tree_leaves(tree: Tree) -> list[Any]:
+    return _pytree.tree_leaves(tree)
+
+
+def tree_structure(tree: Tree) -> Any:
+    return _pytree.tree_structure(tree)
+
+
+def tree_unflatten(leaves: list[Any], structure: Any) -> Tree:
+    return _pytree.tree_unflatten(leaves, structure)

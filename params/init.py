@@ -1,0 +1,70 @@
+"""Building parameter pytrees: the model's shapes by name, and the handout's initialisation.
+
+Linear weights: truncated normal, std sqrt(2 / (d_in + d_out)), cut at 3 std; embeddings: std 1,
+cut at 3; RMSNorm gains: ones. Randomness comes only from the generator passed in."""
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from core.config import ModelConfig
+from core.tree import Tree
+from params.tree import unflatten
+
+Kind = Literal["linear", "embedding", "norm"]
+Shapes = dict[str, tuple[Kind, tuple[int, ...]]]
+
+
+def block_shapes(config: ModelConfig) -> Shapes:
+    """Names (relative to one block), kinds and shapes of a Transformer block's parameters."""
+    d, f = config.d_model, config.d_ff
+    shapes: Shapes = {f"attn.{name}.weight": ("linear", (d, d)) for name in ("q_proj", "k_proj", "v_proj", "output_proj")}
+    if config.norm != "none":
+        shapes["ln1.weight"] = ("norm", (d,))
+        shapes["ln2.weight"] = ("norm", (d,))
+    shapes["ffn.w1.weight"] = ("linear", (f, d))
+    shapes["ffn.w2.weight"] = ("linear", (d, f))
+    if config.ffn == "swiglu":
+        shapes["ffn.w3.weight"] = ("linear", (f, d))
+    return shapes
+
+
+def param_shapes(config: ModelConfig) -> Shapes:
+    """Every parameter of the language model by its state-dict name."""
+    shapes: Shapes = {"token_embeddings.weight": ("embedding", (config.vocab_size, config.d_model))}
+    block = block_shapes(config)
+    for i in range(config.num_layers):
+        shapes.update({f"layers.{i}.{name}": spec for name, spec in block.items()})
+    if config.norm == "pre":
+        shapes["ln_final.weight"] = ("norm", (config.d_model,))
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = ("linear", (config.vocab_size, config.d_model))
+    return shapes
+
+
+def init_tensor(kind: Kind, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    if kind == "norm":
+        return torch.ones(shape)
+    std = 1.0 if kind == "embedding" else math.sqrt(2.0 / (shape[0] + shape[1]))
+    return torch.nn.init.trunc_normal_(torch.empty(shape), std=std, a=-3 * std, b=3 * std, generator=generator)
+
+
+def init_from_shapes(
+    shapes: Shapes, generator: torch.Generator, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tree:
+    # Drawn on the CPU, where the generator lives, so a seed gives the same model on every device.
+    flat = {name: init_tensor(kind, shape, generator).to(device=device, dtype=dtype) for name, (kind, shape) in shapes.items()}
+    return unflatten(flat)
+
+
+def init_params(
+    config: ModelConfig, generator: torch.Generator, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tree:
+    """A freshly initialised parameter pytree for `config`."""
+    return init_from_shapes(param_shapes(config), generator, device=device, dtype=dtype)
+
+
+def count_params(config: ModelConfig) -> int:
+    return sum(math.prod(shape) for _, shape in param_shapes(config).values())
