@@ -1,7 +1,7 @@
 """The model's hyper-parameters: one frozen, validated dataclass."""
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
@@ -25,9 +25,10 @@ class ModelConfig:
     num_heads: int
     d_ff: int | None = None  # None: default_d_ff(d_model, ffn)
     rope_theta: float = 10000.0
-    norm: Literal["pre", "post", "none"] = "pre"
-    position: Literal["rope", "none"] = "rope"
-    ffn: Literal["swiglu", "silu"] = "swiglu"
+    # Plain str rather than Literal so that a bad value reaches __post_init__'s message.
+    norm: str = "pre"  # one of NORMS: RMSNorm before each sublayer, after the residual, or none
+    position: str = "rope"  # one of POSITIONS: rotary embeddings, or none (NoPE)
+    ffn: str = "swiglu"  # one of FFNS: gated SwiGLU, or the plain w2 silu(w1 x)
     tie_embeddings: bool = False
     rmsnorm_eps: float = 1e-5
 
