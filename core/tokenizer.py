@@ -1,0 +1,185 @@
+"""A byte-level BPE tokenizer: text to token ids and back, given a vocabulary and merges.
+
+Encoding cuts out special tokens, splits the rest into pre-tokens with the GPT-2 pattern, and turns
+each pre-token into ids by applying merges lowest rank (earliest learned) first. Text repeats its
+words, so each distinct pre-token is merged once and then served from a cache.
+
+On disk a tokenizer is GPT-2's format, vocab.json and merges.txt in the printable-byte alphabet,
+plus special_tokens.json; HuggingFace `tokenizers` and GPT-2's own files read the same way.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from pathlib import Path
+
+from core.bytes_unicode import from_printable, to_printable
+from core.pretokenize import PRETOKEN_RE, special_token_regex, split_on_special, stable_length
+
+VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
+
+# Past this many distinct pre-tokens the cache starts over: memory stays bounded on endless streams,
+# and real text's frequent words are back in it within a few kilobytes.
+_CACHE_LIMIT = 1 << 20
+
+
+class Tokenizer:
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ):
+        """`vocab`: id -> token bytes; `merges`: in the order learned; `special_tokens`: strings
+        always kept whole, added to the vocabulary (under new ids) where absent."""
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        self.special_tokens = list(dict.fromkeys(special_tokens or []))
+        if "" in self.special_tokens:
+            raise ValueError("special tokens must be non-empty strings")
+        self._id_of = {token: i for i, token in self.vocab.items()}
+        for special in self.special_tokens:
+            token = special.encode("utf-8")
+            if token not in self._id_of:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = token
+                self._id_of[token] = new_id
+        self._special_ids = {special: self._id_of[special.encode("utf-8")] for special in self.special_tokens}
+        self._special_re = special_token_regex(self.special_tokens)
+        self._longest_special = max(map(len, self.special_tokens), default=0)
+
+        missing = [bytes([b]) for b in range(256) if bytes([b]) not in self._id_of]
+        if missing:
+            raise ValueError(f"the vocabulary lacks {len(missing)} single byte(s), e.g. {missing[0]!r}")
+        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        # (left id, right id) -> (rank, merged id): the merge table in the form encoding needs.
+        self._merge_of: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (left, right) in enumerate(self.merges):
+            merged = self._id_of.get(left + right)
+            if merged is None or left not in self._id_of or right not in self._id_of:
+                raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocabulary")
+            self._merge_of.setdefault((self._id_of[left], self._id_of[right]), (rank, merged))
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def _merge(self, piece: str) -> tuple[int, ...]:
+        """The ids of one pre-token: its bytes, merged lowest-rank pair first until no merge applies."""
+        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        merge_of = self._merge_of
+        while len(ids) > 1:
+            ranked = [(merge_of[pair][0], pair) for pair in zip(ids, ids[1:]) if pair in merge_of]
+            if not ranked:
+                break
+            _, (left, right) = min(ranked)
+            merged = merge_of[left, right][1]
+            out, i = [], 0
+            while i < len(ids):
+                if i + 1 < len(ids) and ids[i] == left and ids[i + 1] == right:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return tuple(ids)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of text that holds no special tokens."""
+        pieces = PRETOKEN_RE.findall(text)
+        cache = self._cache
+        new = set(pieces).difference(cache)
+        if len(cache) + len(new) > _CACHE_LIMIT:
+            cache.clear()
+            new = set(pieces)
+        for piece in new:
+            cache[piece] = self._merge(piece)
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens (longest first where they overlap) map to their own id."""
+        ids: list[int] = []
+        for i, segment in enumerate(split_on_special(text, self._special_re)):
+            if i % 2:
+                ids.append(self._special_ids[segment])
+            elif segment:
+                ids += self._encode_plain(segment)
+        return ids
+
+    def encode_iterable(self, iterable: Iterable[str], *, chunk_chars: int = 1 << 16) -> Iterator[int]:
+        """Lazily the ids of `"".join(iterable)` (e.g. a file handle), holding about `chunk_chars`
+        characters at a time: text is encoded up to the last point that more text cannot change."""
+        buffered: list[str] = []
+        size = 0
+        for text in iterable:
+            buffered.append(text)
+            size += len(text)
+            if size >= chunk_chars:
+                text = "".join(buffered)
+                cut = stable_length(text, self._special_re, self._longest_special)
+                yield from self.encode(text[:cut])
+                buffered, size = [text[cut:]], len(text) - cut
+        yield from self.encode("".join(buffered))
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
+        try:
+            data = b"".join(map(self.vocab.__getitem__, ids))
+        except KeyError as error:
+            raise ValueError(f"token id {error.args[0]!r} is not in the vocabulary (ids 0..{max(self.vocab)})") from None
+        return data.decode("utf-8", errors="replace")
+
+    # -- files --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(
+        cls, vocab_filepath: str | Path, merges_filepath: str | Path, special_tokens: list[str] | None = None
+    ) -> "Tokenizer":
+        """Read GPT-2-format files: vocab.json (printable token -> id) and merges.txt ("A B" per line,
+        an optional "#version" first line)."""
+        with open(vocab_filepath, encoding="utf-8") as file:
+            vocab = {i: from_printable(token) for token, i in json.load(file).items()}
+        merges = []
+        with open(merges_filepath, encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                line = line.rstrip("\r\n")
+                if not line or (number == 1 and line.startswith("#version")):
+                    continue
+                left, sep, right = line.partition(" ")
+                if not sep or " " in right:
+                    raise ValueError(f"{merges_filepath}:{number}: expected two tokens separated by one space, got {line!r}")
+                merges.append((from_printable(left), from_printable(right)))
+        return cls(vocab, merges, special_tokens)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        """The tokenizer `save` wrote to `directory`."""
+        directory = Path(directory)
+        specials_path = directory / SPECIALS_FILE
+        specials = json.loads(specials_path.read_text(encoding="utf-8")) if specials_path.exists() else []
+        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, specials)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = {to_printable(token): i for i, token in sorted(self.vocab.items())}
+        (directory / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{to_printable(left)} {to_printable(right)}" for left, right in self.merges]
+        (directory / MERGES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (directory / SPECIALS_FILE).write_text(json.dumps(self.special_tokens, ensure_ascii=False) + "\n", encoding="utf-8")
+        return directory
+
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary, merges and special tokens: equal fingerprints, equal encodings."""
+        digest = hashlib.sha256()
+        for i, token in sorted(self.vocab.items()):
+            digest.update(b"v%d:%d:" % (i, len(token)) + token)
+        for left, right in self.merges:
+            digest.update(b"m%d:%d:" % (len(left), len(right)) + left + right)
+        for special in self.special_tokens:
+            digest.update(b"s%d:" % len(special.encode("utf-8")) + special.encode("utf-8"))
+        return digest.hexdigest()

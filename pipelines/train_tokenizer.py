@@ -1,0 +1,223 @@
+"""Train a byte-level BPE tokenizer on a text file and save it (vocab.json, merges.txt, special_tokens.json).
+
+    python -m pipelines.train_tokenizer INPUT --vocab-size 10000 --special '<|endoftext|>' --out DIR
+
+Pre-token counting runs in parallel: the file is split into byte ranges at safe cuts (before a
+special token, or after a lone newline; see core/pretokenize.py), and each worker streams its range
+in bounded pieces, so memory grows with the number of distinct pre-tokens, never with the file
+size. The merges then run in this process (core/bpe.py).
+
+The file-reading helpers here (`cut_points`, `read_pieces`) are shared with pipelines/tokenize.py.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from multiprocessing import Pool
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.bpe import initial_vocab, iter_merges
+from core.pretokenize import count_pretokens, first_safe_cut, last_safe_cut, special_token_regex
+from core.tokenizer import Tokenizer
+
+# Bytes a worker reads at a time: bounds its memory, whatever the size of the file.
+PIECE_BYTES = 1 << 24
+# Below this size one process counts faster than starting workers and merging their counts.
+SERIAL_BELOW = 1 << 22
+# How far ahead each search for a safe cut reads at a time.
+_SEARCH_BYTES = 1 << 16
+
+
+def check_text_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or FileNotFoundError saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"input text {path} {what}")
+    return path
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cut_points(path: Path, parts: int, special_tokens: Sequence[str]) -> list[int]:
+    """Byte offsets [0, ..., size] splitting the file into about `parts` ranges at safe cuts.
+
+    Each cut is the first safe one after an even split point; reading only small windows there.
+    A range may swallow its neighbour where no safe cut exists (a file with no newline at all).
+    """
+    specials = [token.encode("utf-8") for token in special_tokens]
+    margin = 2 * max(map(len, specials), default=0)
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as file:
+        for part in range(1, parts):
+            position = max(size * part // parts, cuts[-1] + 1)
+            while position < size:
+                start = max(0, position - margin)
+                file.seek(start)
+                window = file.read(position - start + _SEARCH_BYTES + margin)
+                cut = first_safe_cut(window, specials, position - start)
+                if cut is not None:
+                    cuts.append(start + cut)
+                    break
+                position += _SEARCH_BYTES
+            else:
+                break
+    return cuts + [size]
+
+
+def _decode(data: bytes, path: Path, offset: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {data[error.start]:#04x} at offset {offset + error.start} ({error.reason})"
+        ) from None
+
+
+def read_pieces(
+    path: Path, start: int, end: int, special_tokens: Sequence[str], piece_bytes: int = PIECE_BYTES
+) -> Iterator[tuple[str, int]]:
+    """The text of bytes [start, end) of the file (both safe cuts), as (text, byte length) pieces of
+    about `piece_bytes`, each ending at a safe cut, so each piece tokenizes on its own."""
+    specials = [token.encode("utf-8") for token in special_tokens]
+    with open(path, "rb") as file:
+        file.seek(start)
+        offset, carry = start, b""
+        while offset < end:
+            fresh = file.read(min(piece_bytes, end - offset - len(carry)))
+            data = carry + fresh
+            at_end = offset + len(data) >= end
+            if not fresh and not at_end:
+                raise OSError(f"{path} ended at {offset + len(data)} bytes, before {end}: did it change while being read?")
+            cut = len(data) if at_end else last_safe_cut(data, specials)
+            if not cut:
+                carry = data  # no safe cut yet: read on
+                continue
+            yield _decode(data[:cut], path, offset), cut
+            offset, carry = offset + cut, data[cut:]
+
+
+def _count_range(task: tuple[Path, int, int, list[str], int]) -> tuple[Counter[str], int]:
+    """Pre-token counts of one byte range, and its length in bytes (for the progress bar)."""
+    path, start, end, special_tokens, piece_bytes = task
+    special_re = special_token_regex(special_tokens)
+    counts: Counter[str] = Counter()
+    for text, _ in read_pieces(path, start, end, special_tokens, piece_bytes):
+        counts.update(count_pretokens(text, special_re))
+    return counts, end - start
+
+
+def count_file(
+    path: Path, special_tokens: Sequence[str], workers: int, progress: bool, piece_bytes: int = PIECE_BYTES
+) -> Counter[str]:
+    """Pre-token counts of the whole file, special tokens excluded, over `workers` processes."""
+    size = path.stat().st_size
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress)
+    if workers == 1:
+        counts: Counter[str] = Counter()
+        special_re = special_token_regex(special_tokens)
+        for text, length in read_pieces(path, 0, size, special_tokens, piece_bytes):
+            counts.update(count_pretokens(text, special_re))
+            bar.update(length)
+        bar.close()
+        return counts
+    # Several ranges per worker so that uneven ranges still keep every worker busy to the end.
+    cuts = cut_points(path, max(workers * 4, -(-size // piece_bytes)), special_tokens)
+    tasks = [(path, a, b, list(special_tokens), piece_bytes) for a, b in zip(cuts, cuts[1:])]
+    total: Counter[str] = Counter()
+    with Pool(workers) as pool:
+        for counts, length in pool.imap_unordered(_count_range, tasks):
+            total.update(counts)
+            bar.update(length)
+    bar.close()
+    return total
+
+
+def train_bpe(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    *,
+    num_workers: int | None = None,
+    progress: bool = False,
+    piece_bytes: int = PIECE_BYTES,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train byte-level BPE on a UTF-8 text file: (vocab id -> token bytes, merges in order).
+
+    `num_workers`: pre-tokenizing processes; by default one per CPU, or just this process for files
+    under 4 MiB. `piece_bytes`: how much text a worker holds at a time.
+    """
+    path = check_text_file(input_path)
+    special_tokens = list(special_tokens)
+    vocab = initial_vocab(special_tokens, vocab_size)  # fail on bad arguments before the long part
+    size = path.stat().st_size
+    workers = num_workers or (1 if size < SERIAL_BELOW else default_workers())
+    counts = count_file(path, special_tokens, workers, progress, piece_bytes)
+    word_counts = {word.encode("utf-8"): count for word, count in counts.items()}
+    del counts
+    wanted = vocab_size - len(vocab)
+    merges = list(
+        tqdm(islice(iter_merges(word_counts, vocab), wanted), total=wanted, desc="merge", disable=not progress)
+    )
+    return vocab, merges
+
+
+def train_tokenizer(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    out_dir: str | os.PathLike,
+    **kwargs,
+) -> Path:
+    """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer to `out_dir`."""
+    vocab, merges = train_bpe(input_path, vocab_size, special_tokens, **kwargs)
+    return Tokenizer(vocab, merges, list(special_tokens)).save(out_dir)
+
+
+def _peak_memory_mib() -> float:
+    """Peak resident memory of this process plus that of its largest finished worker (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train_tokenizer", description=__doc__.split("\n")[0])
+    parser.add_argument("input", type=Path, help="UTF-8 training text")
+    parser.add_argument("--vocab-size", type=int, required=True, help="size of the final vocabulary, specials included")
+    parser.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write the tokenizer into")
+    parser.add_argument("--workers", type=int, default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    try:
+        vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    out = Tokenizer(vocab, merges, args.special).save(args.out)
+    elapsed = time.perf_counter() - started
+
+    specials = {token.encode("utf-8") for token in args.special}
+    learned = [token for token in vocab.values() if token not in specials]
+    longest = max(map(len, learned))
+    print(f"tokenizer saved to {out}")
+    print(f"  vocab size   {len(vocab)} ({len(merges)} merges{'' if len(vocab) == args.vocab_size else f'; the text ran out of pairs before {args.vocab_size}'})")
+    print(f"  wall time    {elapsed:.2f} s")
+    print(f"  peak memory  {_peak_memory_mib():.0f} MiB (this process + largest worker)")
+    shown = ", ".join(repr(token.decode("utf-8", errors="replace")) for token in learned if len(token) == longest)
+    print(f"  longest      {longest} bytes: {shown}")
+
+
+if __name__ == "__main__":
+    main()
