@@ -1,0 +1,102 @@
+"""The pure training step: (params, opt_state, batch, step) -> (params, opt_state, metrics).
+
+    grads, loss = grad_and_value(loss)(params, x, y)
+    grads, norm = clip_by_global_norm(grads, max_norm)
+    params, opt_state = adamw_update(grads, opt_state, params, hparams, lr=schedule(step))
+
+Nothing is mutated, so a caller can keep the previous (params, opt_state) around for free, e.g. as
+the last known-good state to checkpoint if the next step diverges.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from core.clip import clip_by_global_norm
+from core.config import ModelConfig
+from core.loss import cross_entropy
+from core.model import forward
+from core.optim import AdamWHParams, adamw_update
+from core.tree import Tree, tree_leaves, tree_map, tree_structure, tree_unflatten
+
+GradMode = Literal["func", "autograd"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    model: ModelConfig
+    adamw: AdamWHParams
+    max_grad_norm: float
+    # `torch.func.grad_and_value` or `torch.autograd.grad` over the same pure loss; bench/train.py
+    # measures which is faster.
+    grad_mode: GradMode = "func"
+    # e.g. ("cuda", torch.bfloat16): matmuls in bf16, parameters and optimizer state stay float32.
+    autocast: tuple[str, torch.dtype] | None = None
+
+
+def loss_fn(
+    params: Tree,
+    x: Int[Tensor, "batch seq"],
+    y: Int[Tensor, "batch seq"],
+    config: ModelConfig,
+    autocast: tuple[str, torch.dtype] | None = None,
+) -> Float[Tensor, ""]:
+    """Mean next-token cross-entropy of the model on one batch."""
+    with _autocast(autocast):
+        logits = forward(params, x, config)
+    return cross_entropy(logits, y)
+
+
+def make_grad_and_value(config: StepConfig) -> Callable[[Tree, Tensor, Tensor], tuple[Tree, Tensor]]:
+    """(params, x, y) -> (grads shaped like params, loss)."""
+
+    def loss(params: Tree, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(params, x, y, config.model, config.autocast)
+
+    if config.grad_mode == "func":
+        return torch.func.grad_and_value(loss)
+    if config.grad_mode != "autograd":
+        raise ValueError(f"grad_mode must be 'func' or 'autograd', got {config.grad_mode!r}")
+
+    def autograd_grad_and_value(params: Tree, x: Tensor, y: Tensor) -> tuple[Tree, Tensor]:
+        # Fresh leaves that require grad: the caller's tensors are left untouched.
+        params = tree_map(lambda p: p.detach().requires_grad_(), params)
+        value = loss(params, x, y)
+        grads = torch.autograd.grad(value, tree_leaves(params))
+        return tree_unflatten(list(grads), tree_structure(params)), value.detach()
+
+    return autograd_grad_and_value
+
+
+def make_train_step(
+    config: StepConfig,
+    schedule: Callable[[int], float],
+    grad_and_value: Callable[[Tree, Tensor, Tensor], tuple[Tree, Tensor]] | None = None,
+) -> Callable[[Tree, dict[str, Any], tuple[Tensor, Tensor], int], tuple[Tree, dict[str, Any], dict[str, Any]]]:
+    """The step function. `grad_and_value` defaults to `make_grad_and_value(config)`; pass a
+    torch.compile'd one to compile the forward and backward passes."""
+    grad_and_value = grad_and_value or make_grad_and_value(config)
+
+    def train_step(
+        params: Tree, opt_state: dict[str, Any], batch: tuple[Tensor, Tensor], step: int
+    ) -> tuple[Tree, dict[str, Any], dict[str, Any]]:
+        x, y = batch
+        grads, loss = grad_and_value(params, x, y)
+        grads, grad_norm = clip_by_global_norm(grads, config.max_grad_norm)
+        lr = schedule(step)
+        params, opt_state = adamw_update(grads, opt_state, params, config.adamw, lr)
+        return params, opt_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+    return train_step
+
+
+def _autocast(autocast: tuple[str, torch.dtype] | None) -> contextlib.AbstractContextManager:
+    if autocast is None:
+        return contextlib.nullcontext()
+    device_type, dtype = autocast
+    return torch.autocast(device_type, dtype=dtype)

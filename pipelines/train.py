@@ -1,0 +1,342 @@
+"""Train a Transformer LM: `python -m pipelines.train tinystories --preset cpu-small --data ../shared/data`.
+
+The loop around the pure step (core/train_step.py):
+
+    batch = get_batch(train tokens)                 # random windows, data generator
+    params, opt_state, metrics = train_step(params, opt_state, batch, step)
+    every log/eval/checkpoint boundary: check the losses are finite, log, evaluate, checkpoint
+
+A run lives in one directory: config.json (the resolved config), metrics.jsonl, checkpoints/
+(last.pt, final.pt), samples.txt and summary.json (status, final losses, throughput).
+"""
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+from tqdm import tqdm
+
+from core.config import ModelConfig
+from core.optim import AdamWHParams, adamw_init
+from core.sampling import generate
+from core.schedule import cosine_schedule
+from core.train_step import StepConfig, loss_fn, make_grad_and_value, make_train_step
+from params.init import count_params, init_params
+from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
+from pipelines.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
+from pipelines.metrics import MetricsLog, start_wandb
+from pipelines.prepare import DataFiles, prepare_data
+from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
+
+CONFIG_FILE, SUMMARY_FILE, SAMPLES_FILE = "config.json", "summary.json", "samples.txt"
+LAST, FINAL = "last.pt", "final.pt"
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
+    return Path(run_dir) / "checkpoints" / name
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Run (or, with `resume`, continue) the training `config` describes; returns the run directory.
+
+    The run ends with summary.json's status: "completed", "interrupted" (SIGINT/SIGTERM; a
+    checkpoint of the current step was written) or "diverged" (a non-finite loss or gradient; the
+    last good checkpoint was written). Sweeps read that file rather than catching exceptions."""
+    run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = with_overrides(config, run_dir=str(run_dir))
+    device = select_device(config.device)
+    saved = _saved_state(run_dir, config, device) if resume else None
+    if not resume and checkpoint_path(run_dir).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run-dir")
+    wandb_run = start_wandb(config.wandb_project, run_dir, config.to_dict()) if config.wandb else None
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    data = prepare_data(config)
+    train_tokens, valid_tokens = open_tokens(data.train), open_tokens(data.valid)
+    for path, tokens in ((data.train, train_tokens), (data.valid, valid_tokens)):
+        check_tokens(tokens, config.model.vocab_size, name=str(path))
+    valid_starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval_windows)
+    tokenizer = _load_tokenizer(data)
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 only here: on mps it is known to be broken
+        torch.backends.cudnn.allow_tf32 = True
+    step_config = StepConfig(
+        model=config.model,
+        adamw=AdamWHParams((config.beta1, config.beta2), config.eps, config.weight_decay),
+        max_grad_norm=config.max_grad_norm,
+        grad_mode=config.grad_mode,  # type: ignore[arg-type]
+        autocast=("cuda", torch.bfloat16) if device.type == "cuda" else None,
+    )
+    schedule = partial(
+        cosine_schedule,
+        max_learning_rate=config.lr,
+        min_learning_rate=config.min_lr,
+        warmup_iters=config.warmup_steps,
+        cosine_cycle_iters=config.decay_steps,
+    )
+    grad_and_value = make_grad_and_value(step_config)
+    if config.compile:
+        grad_and_value = torch.compile(grad_and_value)
+    train_step = make_train_step(step_config, schedule, grad_and_value)
+
+    data_generator = torch.Generator().manual_seed(config.seed + 1)
+    if saved is None:
+        torch.manual_seed(config.seed)
+        params = init_params(config.model, torch.Generator().manual_seed(config.seed), device=device)
+        opt_state = adamw_init(params)
+        step, elapsed = 0, 0.0
+    else:
+        params, opt_state, step, elapsed = saved["params"], saved["opt_state"], saved["step"], saved["elapsed"]
+        restore_rng(saved["rng"], data_generator)
+
+    def save(name: str, snapshot: "_Snapshot") -> None:
+        state = {
+            "step": snapshot.step,
+            "params": snapshot.params,
+            "opt_state": snapshot.opt_state,
+            "rng": snapshot.rng,
+            "elapsed": snapshot.elapsed,
+            "model_config": config.model.to_dict(),
+            "train_config": config.to_dict(),
+            "tokenizer": tokenizer.fingerprint() if tokenizer else None,
+        }
+        save_training_state(checkpoint_path(run_dir, name), state)
+
+    def evaluate() -> float:
+        with torch.inference_mode():
+            total = 0.0
+            for x, y in eval_batches(valid_tokens, valid_starts, config.batch_size, config.model.context_length, device):
+                total += loss_fn(params, x, y, config.model, step_config.autocast).item() * len(x)
+        return total / len(valid_starts)
+
+    tokens_per_step = config.batch_size * config.model.context_length
+    log = MetricsLog(run_dir, wandb_run)
+    print(
+        f"{'resuming' if saved else 'training'} {run_dir} on {device}: {count_params(config.model):,} parameters, "
+        f"{len(train_tokens):,} train / {len(valid_tokens):,} valid tokens, steps {step}..{config.max_steps}",
+        file=sys.stderr,
+    )
+    started = time.perf_counter()
+
+    def wall() -> float:  # seconds of this run, across resumes
+        return elapsed + time.perf_counter() - started
+
+    good = _Snapshot(step, params, opt_state, capture_rng(data_generator), wall())
+    pending: list[dict[str, Any]] = []
+    interval_start, train_seconds, trained_steps = time.perf_counter(), 0.0, 0
+    last = {"train_loss": None, "val_loss": None}
+    status, message = "completed", ""
+    bar = tqdm(total=config.max_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    with _stop_on_signals() as stop, contextlib.closing(log), bar:
+        while step < config.max_steps:
+            batch = get_batch(train_tokens, config.batch_size, config.model.context_length, device, data_generator)
+            params, opt_state, metrics = train_step(params, opt_state, batch, step)
+            step += 1
+            pending.append(metrics)
+            stopping = stop.requested
+            boundary = step == config.max_steps or stopping or any(
+                step % every == 0 for every in (config.log_every, config.eval_every, config.checkpoint_every)
+            )
+            if not boundary:
+                continue
+            # One host sync per boundary, not per step: the step's outputs stay on the device until now.
+            losses = torch.stack([m["loss"].float() for m in pending]).cpu()
+            norms = torch.stack([m["grad_norm"].float() for m in pending]).cpu()
+            finite = torch.isfinite(losses) & torch.isfinite(norms)
+            if not finite.all():
+                bad_step = step - len(pending) + int((~finite).nonzero()[0]) + 1
+                status = "diverged"
+                message = (
+                    f"non-finite {'loss' if not torch.isfinite(losses).all() else 'gradient norm'} at step {bad_step}; "
+                    f"stopped and saved the last good checkpoint (step {good.step}) to {checkpoint_path(run_dir)}"
+                )
+                save(LAST, good)
+                log.write({"step": bad_step, "event": "diverged", "wall": wall()})
+                break
+            interval = time.perf_counter() - interval_start
+            train_seconds, trained_steps = train_seconds + interval, trained_steps + len(pending)
+            last["train_loss"] = float(losses.mean())
+            row = {
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "wall": wall(),
+                "train_loss": last["train_loss"],
+                "lr": pending[-1]["lr"],
+                "grad_norm": float(norms[-1]),
+                "tokens_per_s": len(pending) * tokens_per_step / interval,
+            }
+            log.write(row)
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            pending = []
+            if step % config.eval_every == 0 or step == config.max_steps:
+                last["val_loss"] = evaluate()
+                log.write({"step": step, "tokens": step * tokens_per_step, "wall": wall(), "val_loss": last["val_loss"]})
+                bar.write(f"step {step}: train loss {row['train_loss']:.4f}, val loss {last['val_loss']:.4f}")
+            good = _Snapshot(step, params, opt_state, capture_rng(data_generator), wall())
+            if step % config.checkpoint_every == 0 or stopping:
+                save(LAST, good)
+            if stopping and step < config.max_steps:
+                status = "interrupted"
+                message = f"interrupted at step {step}; checkpoint saved to {checkpoint_path(run_dir)}"
+                break
+            interval_start = time.perf_counter()
+
+    if status == "completed":
+        save(LAST, good)
+        save(FINAL, good)
+        message = f"finished {step} steps; final checkpoint {checkpoint_path(run_dir, FINAL)}"
+    summary = {
+        "status": status,
+        "step": good.step,
+        "tokens": good.step * tokens_per_step,
+        "wall": wall(),
+        "train_loss": last["train_loss"],
+        "val_loss": last["val_loss"],
+        "tokens_per_s": trained_steps * tokens_per_step / train_seconds if train_seconds else None,
+        "parameters": count_params(config.model),
+        "message": message,
+    }
+    (run_dir / SUMMARY_FILE).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(message, file=sys.stderr)
+    if status == "completed" and tokenizer is not None and config.samples:
+        _write_samples(run_dir, params, config, tokenizer)
+    return run_dir
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A state known to be good: every loss and gradient norm up to `step` was finite."""
+
+    step: int
+    params: Any
+    opt_state: Any
+    rng: dict[str, Any]
+    elapsed: float
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """SIGINT/SIGTERM ask the loop to stop at the end of the current step (it then checkpoints);
+    a second SIGINT interrupts at once. Signals can only be caught on the main thread, so a run
+    started from another thread (e.g. by a sweep) keeps the default behaviour."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _saved_state(run_dir: Path, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    path = checkpoint_path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    saved = load_training_state(path, device)
+    saved_model = ModelConfig.from_dict(saved["model_config"])
+    if saved_model != config.model:
+        changed = [k for k, v in config.model.to_dict().items() if saved_model.to_dict()[k] != v]
+        raise ValueError(f"--resume: the model config differs from the checkpoint {path} in {changed}")
+    return saved
+
+
+def _load_tokenizer(data: DataFiles) -> Any:
+    if data.tokenizer is None:
+        return None
+    from core.tokenizer import Tokenizer
+
+    return Tokenizer.load(data.tokenizer)
+
+
+def _write_samples(run_dir: Path, params: Any, config: TrainConfig, tokenizer: Any) -> None:
+    eos = "<|endoftext|>"
+    eos_id = tokenizer.encode(eos)[0] if eos in tokenizer.special_tokens else None
+    prompt = tokenizer.encode(config.sample_prompt)
+    generator = torch.Generator().manual_seed(config.seed)
+    stories = []
+    for _ in range(config.samples):
+        ids = generate(
+            params,
+            config.model,
+            prompt,
+            config.sample_tokens,
+            temperature=config.sample_temperature,
+            top_p=config.sample_top_p,
+            generator=generator,
+            eos_id=eos_id,
+        )
+        stories.append(config.sample_prompt + tokenizer.decode([i for i in ids if i != eos_id]))
+    text = "\n\n---\n\n".join(stories)
+    (run_dir / SAMPLES_FILE).write_text(text + "\n", encoding="utf-8")
+    print(f"\nsamples (temperature {config.sample_temperature}, top-p {config.sample_top_p}):\n\n{text}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.train",
+        description="Train a Transformer LM. Config: preset < --config FILE < flags and --set.",
+    )
+    parser.add_argument("dataset", nargs="?", default="tinystories", help="dataset whose presets to use (tinystories)")
+    parser.add_argument("--preset", default="baseline", help="baseline (the handout's) or cpu-small")
+    parser.add_argument("--config", help="a JSON config (e.g. a run's config.json) applied over the preset")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from checkpoints/last.pt")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        overrides = overrides_from_args(args)
+        if args.resume:
+            if "run_dir" not in overrides:
+                parser.error("--resume needs --run-dir DIR")
+            config_file = args.config or Path(overrides["run_dir"]) / CONFIG_FILE
+            config = resolve_config(args.dataset, args.preset, overrides, config_file=config_file)
+        else:
+            config = resolve_config(args.dataset, args.preset, overrides, config_file=args.config)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    run_dir = train(config, resume=args.resume)
+    status = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"]
+    if status == "interrupted":
+        print(f"resume with: just train --resume --run-dir {run_dir}", file=sys.stderr)
+    return {"completed": 0, "interrupted": 130, "diverged": 1}[status]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
