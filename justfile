@@ -61,4 +61,4 @@ tokenizer-report *ARGS: setup
 
 # run one benchmark, side by side with its peer: `just bench model`
 bench NAME *ARGS: setup
-    {{python}} bench/{{NAME}}.py {{ARGS}}
+    {{python}} -m bench.{{NAME}} {{ARGS}}
