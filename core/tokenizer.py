@@ -49,10 +49,8 @@ class Tokenizer:
         self._special_re = special_token_regex(self.special_tokens)
         self._longest_special = max(map(len, self.special_tokens), default=0)
 
-        missing = [bytes([b]) for b in range(256) if bytes([b]) not in self._id_of]
-        if missing:
-            raise ValueError(f"the vocabulary lacks {len(missing)} single byte(s), e.g. {missing[0]!r}")
-        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        # Byte value -> id; a vocabulary may lack some bytes, as long as the text never uses them.
+        self._byte_ids = {b: self._id_of[bytes([b])] for b in range(256) if bytes([b]) in self._id_of}
         # (left id, right id) -> (rank, merged id): the merge table in the form encoding needs.
         self._merge_of: dict[tuple[int, int], tuple[int, int]] = {}
         for rank, (left, right) in enumerate(self.merges):
@@ -66,7 +64,10 @@ class Tokenizer:
 
     def _merge(self, piece: str) -> tuple[int, ...]:
         """The ids of one pre-token: its bytes, merged lowest-rank pair first until no merge applies."""
-        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        try:
+            ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        except KeyError as error:
+            raise ValueError(f"byte {error.args[0]:#04x} of {piece!r} has no token in the vocabulary") from None
         merge_of = self._merge_of
         while len(ids) > 1:
             ranked = [(merge_of[pair][0], pair) for pair in zip(ids, ids[1:]) if pair in merge_of]

@@ -1,0 +1,172 @@
+"""Encode a text file into a .npy of token ids, in parallel, streamed to disk, with a JSON sidecar.
+
+    python -m pipelines.tokenize INPUT --tokenizer DIR --out FILE.npy [--workers N]
+
+The file is split into byte ranges at safe cuts (pipelines/train_tokenizer.py); workers encode the
+ranges and the ids are appended to the output in file order, so the result is exactly
+`tokenizer.encode(whole text)` while no process holds more than a range. The .npy is uint16 when
+every id fits, else uint32, and opens with `np.load(path, mmap_mode="r")`.
+
+FILE.json records what the ids came from (tokenizer fingerprint, source path, size and mtime); when
+it matches, a rerun does nothing. Both files appear atomically: written under a temporary name,
+then renamed.
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from core.tokenizer import Tokenizer
+from pipelines.train_tokenizer import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
+
+# The .npy header written for a 1-D array pads its shape field so that its length (128 bytes) does
+# not depend on the number of elements: reserve it, stream the ids after it, fill it in at the end.
+_HEADER_BYTES = 128
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved in `directory` (vocab.json, merges.txt, special_tokens.json)."""
+    return Tokenizer.load(directory)
+
+
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    if len(buffer.getvalue()) != _HEADER_BYTES:
+        raise RuntimeError(f"this numpy writes a {len(buffer.getvalue())}-byte .npy header, not {_HEADER_BYTES}")
+    return buffer.getvalue()
+
+
+# Each worker process gets the tokenizer once, when it starts, rather than with every task.
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _start_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_range(task: tuple[Path, int, int, np.dtype, int]) -> tuple[np.ndarray, int]:
+    """The ids of one byte range of the file, and the range's length in bytes."""
+    path, start, end, dtype, piece_bytes = task
+    ids: list[int] = []
+    for text, _ in read_pieces(path, start, end, _worker_tokenizer.special_tokens, piece_bytes):
+        ids += _worker_tokenizer.encode(text)
+    return np.array(ids, dtype=dtype), end - start
+
+
+def _source_record(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _up_to_date(out: Path, sidecar: Path, expected: dict) -> bool:
+    """The sidecar describes these inputs and the .npy beside it is whole."""
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+        whole = out.stat().st_size == _HEADER_BYTES + recorded["num_tokens"] * np.dtype(recorded["dtype"]).itemsize
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return whole and all(recorded.get(key) == value for key, value in expected.items())
+
+
+def encode_file(
+    input_path: str | os.PathLike,
+    tokenizer: Tokenizer | str | os.PathLike,
+    out_path: str | os.PathLike,
+    workers: int | None = None,
+    *,
+    progress: bool = False,
+    piece_bytes: int = PIECE_BYTES,
+) -> Path:
+    """Encode the UTF-8 file `input_path` into the .npy `out_path` (sidecar: same name, .json).
+
+    `tokenizer`: a Tokenizer or a directory it was saved to. `workers`: encoding processes; by
+    default one per CPU, or just this process for files under 4 MiB. Does nothing when the
+    sidecar shows the output is already there for the same tokenizer and source file.
+    """
+    path = check_text_file(input_path)
+    tokenizer_dir = None
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer_dir = str(Path(tokenizer).resolve())
+        tokenizer = load_tokenizer(tokenizer)
+    out = Path(out_path)
+    sidecar = out.with_suffix(".json")
+    dtype = np.dtype(np.uint16 if max(tokenizer.vocab) < 2**16 else np.uint32)
+    expected = {"tokenizer_sha256": tokenizer.fingerprint(), "dtype": dtype.name, "source": _source_record(path)}
+    if _up_to_date(out, sidecar, expected):
+        if progress:
+            print(f"{out} is up to date with {path} and this tokenizer: nothing to do")
+        return out
+
+    size = expected["source"]["size"]
+    workers = workers or (1 if size < SERIAL_BELOW else default_workers())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
+    count = 0
+    try:
+        with open(temporary, "wb") as file:
+            file.write(bytes(_HEADER_BYTES))
+            if workers == 1:
+                for text, length in read_pieces(path, 0, size, tokenizer.special_tokens, piece_bytes):
+                    ids = np.array(tokenizer.encode(text), dtype=dtype)
+                    file.write(ids.tobytes())
+                    count += len(ids)
+                    bar.update(length)
+            else:
+                cuts = cut_points(path, max(workers * 4, -(-size // piece_bytes)), tokenizer.special_tokens)
+                tasks = [(path, a, b, dtype, piece_bytes) for a, b in zip(cuts, cuts[1:])]
+                with Pool(workers, initializer=_start_worker, initargs=(tokenizer,)) as pool:
+                    for ids, length in pool.imap(_encode_range, tasks):  # imap keeps file order
+                        file.write(ids.tobytes())
+                        count += len(ids)
+                        bar.update(length)
+            file.seek(0)
+            file.write(_npy_header(dtype, count))
+        os.replace(temporary, out)
+    finally:
+        bar.close()
+        temporary.unlink(missing_ok=True)
+
+    record = {**expected, "tokenizer": tokenizer_dir, "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1)}
+    temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, sidecar)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenize", description=__doc__.split("\n")[0])
+    parser.add_argument("input", type=Path, help="UTF-8 text to encode")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by train_tokenizer")
+    parser.add_argument("--out", type=Path, required=True, help="output .npy (a .json sidecar goes beside it)")
+    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: per file size and CPUs)")
+    args = parser.parse_args(argv)
+
+    started_at, started = time.time(), time.perf_counter()
+    try:
+        out = encode_file(args.input, args.tokenizer, args.out, args.workers, progress=True)
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    elapsed = time.perf_counter() - started
+    sidecar = out.with_suffix(".json")
+    record = json.loads(sidecar.read_text(encoding="utf-8"))
+    print(f"{out}: {record['num_tokens']} tokens ({record['dtype']}), {record['bytes_per_token']:.2f} bytes/token")
+    if sidecar.stat().st_mtime >= started_at:  # written by this run, not a skip
+        megabytes = record["source_bytes"] / 1e6
+        print(f"  {megabytes:.1f} MB in {elapsed:.2f} s ({megabytes / elapsed:.2f} MB/s)")
+
+
+if __name__ == "__main__":
+    main()
