@@ -38,31 +38,13 @@ def initial_vocab(special_tokens: Sequence[str], vocab_size: int) -> dict[int, b
     return dict(enumerate(tokens))
 
 
-class _Descending:
-    """Inverts the order of a key, so that Python's min-heap pops the greatest pair first on ties."""
+def descending_key(token: bytes) -> tuple[int, ...]:
+    """A key that sorts byte strings in reverse: key(x) < key(y) exactly when x > y.
 
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[bytes, bytes]):
-        self.key = key
-
-    def __lt__(self, other: "_Descending") -> bool:
-        return self.key > other.key
-
-
-def _merge_word(word: tuple[int, ...], pair: Pair, new_id: int) -> tuple[int, ...]:
-    """`word` with each occurrence of `pair`, left to right, replaced by `new_id`."""
-    first, second = pair
-    merged = []
-    i, n = 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == first and word[i + 1] == second:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(word[i])
-            i += 1
-    return tuple(merged)
+    Bytes are flipped (255 - b), and the end of the string counts as 256 so that a longer string
+    comes before its own prefix. Concatenated keys of a pair compare like the pair, in reverse.
+    """
+    return (*(255 - b for b in token), 256)
 
 
 def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> Iterator[tuple[bytes, bytes]]:
@@ -73,7 +55,7 @@ def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> It
     pair occurs any more (every word is a single token).
     """
     byte_id = {token[0]: i for i, token in vocab.items() if len(token) == 1}
-    words = [tuple(byte_id[b] for b in word) for word in word_counts]
+    words = [[byte_id[b] for b in word] for word in word_counts]
     counts = list(word_counts.values())
 
     pair_counts: dict[Pair, int] = defaultdict(int)
@@ -83,24 +65,34 @@ def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> It
             pair_counts[pair] += count
             words_with[pair].add(w)
 
-    def entry(pair: Pair, count: int) -> tuple[int, _Descending, Pair]:
-        return (-count, _Descending((vocab[pair[0]], vocab[pair[1]])), pair)
-
-    heap = [entry(pair, count) for pair, count in pair_counts.items()]
+    # Heap entries (-count, reversed pair key, pair): the smallest is the most frequent pair and,
+    # among equally frequent ones, the lexicographically greatest.
+    keys = {i: descending_key(token) for i, token in vocab.items()}
+    heap = [(-count, keys[a] + keys[b], (a, b)) for (a, b), count in pair_counts.items()]
     heapq.heapify(heap)
     next_id = max(vocab) + 1
     while heap:
         negative_count, _, pair = heapq.heappop(heap)
         if pair_counts.get(pair) != -negative_count:
             continue  # stale: the pair's count has changed since this entry was pushed
-        vocab[next_id] = vocab[pair[0]] + vocab[pair[1]]
+        first, second = pair
+        vocab[next_id] = vocab[first] + vocab[second]
+        keys[next_id] = descending_key(vocab[next_id])
 
         # Re-count only the words that contain the pair: their old pairs out, their new pairs in.
+        # (Written out inline: this loop is the hot spot of training.)
         changes: dict[Pair, int] = defaultdict(int)
         for w in words_with.pop(pair):
             word, count = words[w], counts[w]
-            merged = _merge_word(word, pair, next_id)
-            if len(merged) == len(word):
+            merged, i, n = [], 0, len(word)
+            while i < n:
+                if word[i] == first and i + 1 < n and word[i + 1] == second:
+                    merged.append(next_id)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            if len(merged) == n:
                 continue  # the index is lazy: this word lost the pair to an earlier merge
             words[w] = merged
             for old in zip(word, word[1:]):
@@ -114,11 +106,11 @@ def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> It
                 count = pair_counts[changed] + delta
                 if count:
                     pair_counts[changed] = count
-                    heapq.heappush(heap, entry(changed, count))
+                    heapq.heappush(heap, (-count, keys[changed[0]] + keys[changed[1]], changed))
                 else:
                     del pair_counts[changed]
 
-        yield vocab[pair[0]], vocab[pair[1]]
+        yield vocab[first], vocab[second]
         next_id += 1
 
 

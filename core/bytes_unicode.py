@@ -30,20 +30,24 @@ def printable_byte_order() -> list[int]:
 
 
 @cache
-def _char_to_byte() -> dict[str, int]:
-    return {char: b for b, char in enumerate(byte_alphabet())}
+def _tables() -> tuple[dict[int, str], dict[int, int]]:
+    """str.translate tables between Latin-1 text (one character per byte) and the printable alphabet."""
+    alphabet = byte_alphabet()
+    to_bytes = {ord(char): b for b, char in enumerate(alphabet)}
+    # Latin-1 characters outside the alphabet (space, controls) must fail to encode, not pass through.
+    to_bytes.update({code: "\ufffd" for code in range(256) if code not in to_bytes})
+    return dict(enumerate(alphabet)), to_bytes
 
 
 def to_printable(token: bytes) -> str:
     """`token` in the printable alphabet: b" the" -> "Ġthe"."""
-    alphabet = byte_alphabet()
-    return "".join(alphabet[b] for b in token)
+    return token.decode("latin-1").translate(_tables()[0])
 
 
 def from_printable(text: str) -> bytes:
     """The bytes a printable-alphabet string stands for; a ValueError names any foreign character."""
-    table = _char_to_byte()
+    latin1 = text.translate(_tables()[1])
     try:
-        return bytes(table[char] for char in text)
-    except KeyError as error:
-        raise ValueError(f"{text!r} holds {error.args[0]!r}, which is not in GPT-2's printable-byte alphabet") from None
+        return latin1.encode("latin-1")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{text!r} holds {text[error.start]!r}, which is not in GPT-2's printable-byte alphabet") from None
