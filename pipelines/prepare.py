@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.download import cache_dir, fetch_tinystories
+from pipelines.tokenize import encode_file
 from pipelines.train_config import TrainConfig
+from pipelines.train_tokenizer import train_tokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "validation", "val")}
@@ -80,8 +82,6 @@ def _tokenizer_key(tokenizer_dir: Path) -> str:
 
 
 def _train_tokenizer(text: Path, vocab_size: int, out_dir: Path) -> None:
-    from pipelines.train_tokenizer import train_tokenizer
-
     # Built beside its final place and renamed: an interrupted training leaves nothing half-written.
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -91,13 +91,5 @@ def _train_tokenizer(text: Path, vocab_size: int, out_dir: Path) -> None:
 
 
 def _encoded(text: Path, tokenizer_dir: Path, token_dir: Path) -> Path:
-    from pipelines.tokenize import encode_file
-
-    out = token_dir / f"{text.stem}-{file_key(text)}.npy"
-    if not out.exists():
-        token_dir.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.stem + ".partial.npy")
-        print(f"encoding {text} -> {out}")
-        encode_file(text, tokenizer_dir, partial)
-        partial.rename(out)
-    return out
+    # encode_file writes atomically and skips the work when its sidecar shows the output is current.
+    return encode_file(text, tokenizer_dir, token_dir / f"{text.stem}.npy", progress=True)

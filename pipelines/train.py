@@ -12,6 +12,7 @@ A run lives in one directory: config.json (the resolved config), metrics.jsonl, 
 
 import argparse
 import contextlib
+import shutil
 import signal
 import sys
 import threading
@@ -27,35 +28,19 @@ import torch
 from tqdm import tqdm
 
 from core.config import ModelConfig
+from core.tokenizer import Tokenizer
 from core.optim import AdamWHParams, adamw_init
-from core.sampling import generate
 from core.schedule import cosine_schedule
 from core.train_step import StepConfig, loss_fn, make_grad_and_value, make_train_step
 from params.init import count_params, init_params
 from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
 from pipelines.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
+from pipelines.device import autocast_for, enable_tf32, select_device
+from pipelines.generate import sample_stories
 from pipelines.metrics import MetricsLog, start_wandb
-from pipelines.prepare import DataFiles, prepare_data
+from pipelines.prepare import prepare_data
+from pipelines.runs import CONFIG_FILE, FINAL, LAST, SAMPLES_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
-
-CONFIG_FILE, SUMMARY_FILE, SAMPLES_FILE = "config.json", "summary.json", "samples.txt"
-LAST, FINAL = "last.pt", "final.pt"
-
-
-def select_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
-    return Path(run_dir) / "checkpoints" / name
-
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or, with `resume`, continue) the training `config` describes; returns the run directory.
@@ -78,17 +63,17 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     for path, tokens in ((data.train, train_tokens), (data.valid, valid_tokens)):
         check_tokens(tokens, config.model.vocab_size, name=str(path))
     valid_starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval_windows)
-    tokenizer = _load_tokenizer(data)
+    if data.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
+        shutil.copytree(data.tokenizer, run_dir / TOKENIZER_DIR)  # the run decodes on its own
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
 
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 only here: on mps it is known to be broken
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     step_config = StepConfig(
         model=config.model,
         adamw=AdamWHParams((config.beta1, config.beta2), config.eps, config.weight_decay),
         max_grad_norm=config.max_grad_norm,
         grad_mode=config.grad_mode,  # type: ignore[arg-type]
-        autocast=("cuda", torch.bfloat16) if device.type == "cuda" else None,
+        autocast=autocast_for(device),
     )
     schedule = partial(
         cosine_schedule,
@@ -278,32 +263,11 @@ def _saved_state(run_dir: Path, config: TrainConfig, device: torch.device) -> di
     return saved
 
 
-def _load_tokenizer(data: DataFiles) -> Any:
-    if data.tokenizer is None:
-        return None
-    from core.tokenizer import Tokenizer
-
-    return Tokenizer.load(data.tokenizer)
-
-
-def _write_samples(run_dir: Path, params: Any, config: TrainConfig, tokenizer: Any) -> None:
-    eos = "<|endoftext|>"
-    eos_id = tokenizer.encode(eos)[0] if eos in tokenizer.special_tokens else None
-    prompt = tokenizer.encode(config.sample_prompt)
-    generator = torch.Generator().manual_seed(config.seed)
-    stories = []
-    for _ in range(config.samples):
-        ids = generate(
-            params,
-            config.model,
-            prompt,
-            config.sample_tokens,
-            temperature=config.sample_temperature,
-            top_p=config.sample_top_p,
-            generator=generator,
-            eos_id=eos_id,
-        )
-        stories.append(config.sample_prompt + tokenizer.decode([i for i in ids if i != eos_id]))
+def _write_samples(run_dir: Path, params: Any, config: TrainConfig, tokenizer: Tokenizer) -> None:
+    stories = sample_stories(
+        params, config.model, tokenizer, config.sample_prompt, config.samples, config.sample_tokens,
+        config.sample_temperature, config.sample_top_p, seed=config.seed,
+    )
     text = "\n\n---\n\n".join(stories)
     (run_dir / SAMPLES_FILE).write_text(text + "\n", encoding="utf-8")
     print(f"\nsamples (temperature {config.sample_temperature}, top-p {config.sample_top_p}):\n\n{text}\n")
