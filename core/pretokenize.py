@@ -17,10 +17,12 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
-# A match of the pattern that ends this many characters before the end of the known text cannot be
-# changed by more text: deciding it looks at most one character past its end (the greedy runs and
-# `(?!\S)`) and at most two past its start (the failed tries of `'ll`, `'ve`, `'re`).
-_LOOKAHEAD_MARGIN = 3
+# A pre-token that ends at least this many characters before the end of the known text cannot be
+# changed by more text: deciding it reads the character where its greedy run stops (at its end) and
+# at most two characters past its start (the failed tries of `'ll`, `'ve`, `'re`). A `\s+(?!\S)`
+# match that gave back its last space reads one further, but that character is known: it is the
+# non-space that made it give the space back.
+_LOOKAHEAD_MARGIN = 2
 
 # A newline between two visible ASCII characters always stands alone as the pre-token "\n": the
 # character before ends its own pre-token and the one after starts a new one.
