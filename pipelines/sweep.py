@@ -1,0 +1,242 @@
+"""Run a set of training variants and summarise them:
+
+    python -m pipelines.sweep tinystories/cpu-small --vary lr=1e-4,1e-3,1e-2 --set data=../shared/data --out runs/lr
+    python -m pipelines.sweep tinystories/cpu-small --variant base --variant norm=none --variant norm=post+lr=1e-3 ...
+
+CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config.json, applied over
+the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
+every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant` (one set of
+assignments joined by `+`, or `base` for none); `--set FIELD=VALUE` applies to them all.
+
+Each variant trains in a subprocess (`python -m pipelines.train`) in its own run directory under
+the sweep directory, so a crash or a divergence ends that run only, and several can run side by
+side with a few threads each. A variant whose summary.json says completed or diverged is skipped
+on the next call, and an interrupted one is resumed: the sweep is resumable. At the end it writes
+summary.json, summary.md and curves.png (loss against steps and wall-clock seconds) to the sweep
+directory.
+"""
+
+import argparse
+import itertools
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipelines.metrics import read_metrics
+from pipelines.runs import CONFIG_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.train_config import TrainConfig, overrides_from_args, resolve_config
+
+SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
+FINISHED = ("completed", "diverged")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # also the run directory's name, e.g. "lr=0.001,batch_size=8"
+    overrides: dict[str, Any]  # typed, by field name: the ones that make this variant differ
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise ValueError(f"expected FIELD=VALUE, got {text!r}")
+    return name, value.strip()
+
+
+def typed(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Command-line values as the types of their config fields (the trainer's own `--set` parsing)."""
+    return overrides_from_args(argparse.Namespace(set=[f"{name}={text}" for name, text in pairs]))
+
+
+def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]:
+    """The grid of `vary` axes ("lr=1e-4,1e-3") times the listed `variants` ("norm=post+lr=1e-3" or
+    "base"); one variant with no overrides when both are empty."""
+    axes = []
+    for spec in vary:
+        name, values = parse_assignment(spec)
+        texts = [v.strip() for v in values.split(",") if v.strip()]
+        if not texts:
+            raise ValueError(f"--vary {spec!r}: no values")
+        axes.append([(name, text) for text in texts])
+    listed = []
+    for spec in variants:
+        listed.append([] if spec.strip() == "base" else [parse_assignment(part) for part in spec.split("+")])
+    result, seen = [], set()
+    for point in itertools.product(*axes):
+        for extra in listed or [[]]:
+            pairs = list(point) + extra
+            name = ",".join(f"{field}={text}" for field, text in pairs) or "base"
+            if name in seen:
+                raise ValueError(f"variant {name!r} is listed twice")
+            seen.add(name)
+            result.append(Variant(name, typed(pairs)))
+    return result
+
+
+def resolve_variant(base: str, fixed: dict[str, Any], variant: Variant, run_dir: Path) -> TrainConfig:
+    """The variant's full config. Resolved from the preset each time (not by editing a resolved
+    config) so that derived defaults follow the variant: ffn=silu gets d_ff = 4 d_model."""
+    overrides = {**fixed, **variant.overrides, "run_dir": str(run_dir)}
+    if Path(base).suffix == ".json":
+        dataset = orjson.loads(Path(base).read_bytes()).get("dataset", "tinystories")
+        return resolve_config(dataset, "baseline", overrides, config_file=base)
+    dataset, sep, preset = base.partition("/")
+    if not sep:
+        raise ValueError(f"CONFIG {base!r}: expected DATASET/PRESET (e.g. tinystories/cpu-small) or a .json file")
+    return resolve_config(dataset, preset, overrides)
+
+
+def run_status(run_dir: Path) -> str | None:
+    """completed / diverged / interrupted from the run's summary.json; None if it never finished."""
+    path = run_dir / SUMMARY_FILE
+    return orjson.loads(path.read_bytes())["status"] if path.exists() else None
+
+
+def run_variant(config: TrainConfig, threads: int, log_path: Path) -> str:
+    """Train one variant in a subprocess (resuming it when a checkpoint exists); returns its status,
+    or "failed" when the trainer died without writing a summary."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    requested = run_dir / "sweep_config.json"
+    requested.write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    command = [sys.executable, "-m", "pipelines.train", config.dataset, "--config", str(requested), "--run-dir", str(run_dir)]
+    if checkpoint_path(run_dir).exists():
+        command.append("--resume")
+    # Torch reads OMP_NUM_THREADS when it starts: runs side by side must not fight over the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log_path, "ab") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    return run_status(run_dir) or f"failed (exit {returncode}; see {log_path})"
+
+
+def summarize_run(name: str, run_dir: Path) -> dict[str, Any]:
+    """One row of the sweep summary, from the run's metrics.jsonl and summary.json."""
+    summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes()) if (run_dir / SUMMARY_FILE).exists() else {}
+    config = orjson.loads((run_dir / CONFIG_FILE).read_bytes()) if (run_dir / CONFIG_FILE).exists() else {}
+    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    val = [r["val_loss"] for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    train = [r for r in rows if r.get("train_loss") is not None]
+    return {
+        "name": name,
+        "run_dir": str(run_dir),
+        "status": summary.get("status", "failed"),
+        "steps": summary.get("step", train[-1]["step"] if train else 0),
+        "tokens": summary.get("tokens"),
+        "batch_size": config.get("batch_size"),
+        "lr": config.get("lr"),
+        "parameters": summary.get("parameters"),
+        "final_train_loss": train[-1]["train_loss"] if train else None,
+        "final_val_loss": val[-1] if val else None,
+        "best_val_loss": min(val) if val else None,
+        "tokens_per_s": summary.get("tokens_per_s"),
+        "wall_s": summary.get("wall"),
+        "message": summary.get("message", ""),
+    }
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The sweep summary as a Markdown table (one line per variant)."""
+
+    def number(value: Any, digits: int = 3) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+    lines = [
+        "| variant | status | steps | tokens | final train | final val | best val | tokens/s | wall (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['status']} | {number(row['steps'])} | {number(row['tokens'])} "
+            f"| {number(row['final_train_loss'])} | {number(row['final_val_loss'])} | {number(row['best_val_loss'])} "
+            f"| {number(row['tokens_per_s'], 0)} | {number(row['wall_s'], 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, names: Sequence[str], title: str | None = None) -> list[dict[str, Any]]:
+    """summary.json, summary.md and curves.png of the runs `names` under `sweep_dir`."""
+    rows = [summarize_run(name, sweep_dir / name) for name in names]
+    (sweep_dir / SWEEP_SUMMARY_JSON).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    heading = f"# Sweep {title or sweep_dir.name}\n\n"
+    (sweep_dir / SWEEP_SUMMARY_MD).write_text(heading + markdown_table(rows), encoding="utf-8")
+    plotted = [row for row in rows if (Path(row["run_dir"]) / "metrics.jsonl").exists()]
+    if plotted:
+        from pipelines.plot import plot_runs
+
+        plot_runs([row["run_dir"] for row in plotted], sweep_dir / SWEEP_CURVES, [row["name"] for row in plotted], title)
+    return rows
+
+
+def sweep(
+    base: str,
+    variants: Sequence[Variant],
+    out: Path,
+    fixed: dict[str, Any] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train every variant not yet finished under `out` (`jobs` at a time, `threads` torch threads
+    each), then write the summary; returns its rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    configs = {v.name: resolve_variant(base, fixed or {}, v, out / v.name) for v in variants}  # all errors up front
+    todo = [name for name in configs if run_status(out / name) not in FINISHED]
+    for name in configs:
+        if name not in todo:
+            print(f"{name}: already {run_status(out / name)}, skipped", file=sys.stderr)
+
+    def one(name: str) -> None:
+        print(f"{name}: training ({out / name})", file=sys.stderr)
+        status = run_variant(configs[name], threads, out / f"{name}.log")
+        print(f"{name}: {status}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, todo))
+    return write_summary(out, list(configs), title=out.name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.sweep",
+        description="Train a grid of config variants, resumably, and summarise them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("config", help="DATASET/PRESET (e.g. tinystories/cpu-small) or a JSON config file")
+    parser.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2", help="a grid axis (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="F=V[+F=V]|base", help="one listed variant (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override for every variant")
+    parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<config name>)")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained side by side (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per variant (default: CPUs / jobs)")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary of the runs present; train nothing")
+    args = parser.parse_args(argv)
+    try:
+        variants = make_variants(args.vary, args.variant)
+        fixed = typed([parse_assignment(item) for item in args.set])
+        out = args.out or Path("runs") / f"sweep-{Path(args.config).stem.replace('/', '-')}"
+        if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+            raise ValueError("--jobs and --threads must be positive")
+        if args.summary_only:
+            rows = write_summary(out, [v.name for v in variants], title=out.name)
+        else:
+            rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    print(markdown_table(rows))
+    print(f"wrote {out / SWEEP_SUMMARY_MD}, {out / SWEEP_SUMMARY_JSON} and {out / SWEEP_CURVES}")
+
+
+if __name__ == "__main__":
+    main()

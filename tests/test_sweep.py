@@ -1,0 +1,68 @@
+"""The sweep on synthetic tokens: variants from --vary/--variant, a divergent variant recorded as
+such (not a crash), the summary files, and resumption skipping finished runs."""
+
+import numpy as np
+import orjson
+import pytest
+
+from pipelines.sweep import Variant, main, make_variants
+
+TINY = [
+    "vocab_size=64", "context_length=16", "d_model=16", "num_layers=1", "num_heads=2",
+    "batch_size=4", "max_steps=6", "warmup_steps=1", "eval_every=3", "eval_windows=4",
+    "log_every=1", "checkpoint_every=3", "samples=0",
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """Random token ids in train.npy / valid.npy: what the trainer reads from a data directory."""
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "data"
+    directory.mkdir()
+    np.save(directory / "train.npy", rng.integers(0, 64, 4000, dtype=np.uint16))
+    np.save(directory / "valid.npy", rng.integers(0, 64, 1000, dtype=np.uint16))
+    return directory
+
+
+def test_grid_times_listed_variants():
+    variants = make_variants(["lr=1e-3,1e-2", "batch_size=8"], ["base", "norm=post+ffn=silu"])
+    assert [v.name for v in variants] == [
+        "lr=1e-3,batch_size=8",
+        "lr=1e-3,batch_size=8,norm=post,ffn=silu",
+        "lr=1e-2,batch_size=8",
+        "lr=1e-2,batch_size=8,norm=post,ffn=silu",
+    ]
+    assert variants[1].overrides == {"lr": 1e-3, "batch_size": 8, "norm": "post", "ffn": "silu"}
+    assert make_variants([], []) == [Variant("base", {})]
+
+
+def test_bad_specs_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown|expected"):
+        make_variants(["learning_rate=1e-3"], [])
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        make_variants(["lr"], [])
+    with pytest.raises(ValueError, match="twice"):
+        make_variants([], ["lr=1e-3", "lr=1e-3"])
+
+
+def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
+    out = tmp_path / "sweep"
+    # lr 1e6 with clipping off drives the weights to inf within a few steps: a divergent run.
+    args = [
+        "tinystories/cpu-small", "--vary", "lr=1e-3,1e6", "--out", str(out), "--threads", "1",
+        "--set", f"data={data_dir}", "--set", "max_grad_norm=1e30", "--set", "min_lr=0",
+        *[item for pair in TINY for item in ("--set", pair)],
+    ]
+    main(args)
+    rows = {row["name"]: row for row in orjson.loads((out / "summary.json").read_bytes())}
+    assert rows["lr=1e-3"]["status"] == "completed"
+    assert rows["lr=1e-3"]["steps"] == 6 and rows["lr=1e-3"]["best_val_loss"] > 0
+    assert rows["lr=1e6"]["status"] == "diverged"
+    table = (out / "summary.md").read_text()
+    assert "| lr=1e6 | diverged |" in table
+    assert (out / "curves.png").stat().st_size > 0
+
+    capsys.readouterr()
+    main(args)  # every run finished: nothing is trained again
+    assert capsys.readouterr().err.count("skipped") == 2
