@@ -16,6 +16,7 @@ import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
+_SPACE = regex.compile(r"\s")
 
 # A pre-token that ends at least this many characters before the end of the known text cannot be
 # changed by more text: deciding it reads the character where its greedy run stops (at its end) and
@@ -68,12 +69,15 @@ def stable_length(text: str, special_re: regex.Pattern | None, longest_special: 
             if match.start() > limit:
                 break
             open_start = match.end()
-    stable = open_start
-    for piece in PRETOKEN_RE.findall(text, open_start):
-        if stable + len(piece) > limit - _LOOKAHEAD_MARGIN:
-            break
-        stable += len(piece)
-    return stable
+    # Walk back over the open part's pre-tokens to the last one that is final and that also ends
+    # the same way when the text is cut after it: not so if it ends in whitespace, where the end
+    # of the text would let `\s+(?!\S)` take a whole space run that the full text splits in two.
+    end = len(text)
+    for piece in reversed(PRETOKEN_RE.findall(text, open_start)):
+        if end <= limit - _LOOKAHEAD_MARGIN and not _SPACE.match(piece, len(piece) - 1):
+            return end
+        end -= len(piece)
+    return open_start
 
 
 class _Occurrences:

@@ -67,9 +67,10 @@ def test_encode_matches_tiktoken_and_decode_inverts_it(gpt2, tiktoken_gpt2, text
 
 @settings(max_examples=200)
 @given(text=texts, continuation=texts)
-# Continuations that change how the text's end is cut: "'l" + "l" is "'ll", and a space run
-# gives its last space to a following word.
+# Ends that continuations change: "'l" + "l" is "'ll", and a space run gives its last space to a
+# following word; and a run split in two ("\n", "\n" before a digit) that, cut, would be one.
 @example(text="x'l", continuation="l")
+@example(text="\n\n" + "0" * 30, continuation="")
 @example(text="x'", continuation="ve")
 @example(text="a  ", continuation="b")
 @example(text="a <|endoftext|><|endof", continuation="text|>")
