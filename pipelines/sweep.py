@@ -128,9 +128,9 @@ def summarize_run(name: str, run_dir: Path) -> dict[str, Any]:
     return {
         "name": name,
         "run_dir": str(run_dir),
-        "status": summary.get("status", "failed"),
+        "status": summary.get("status", "unfinished"),
         "steps": summary.get("step", train[-1]["step"] if train else 0),
-        "tokens": summary.get("tokens"),
+        "tokens": summary.get("tokens", train[-1]["tokens"] if train else 0),
         "batch_size": config.get("batch_size"),
         "lr": config.get("lr"),
         "parameters": summary.get("parameters"),
@@ -138,7 +138,7 @@ def summarize_run(name: str, run_dir: Path) -> dict[str, Any]:
         "final_val_loss": val[-1] if val else None,
         "best_val_loss": min(val) if val else None,
         "tokens_per_s": summary.get("tokens_per_s"),
-        "wall_s": summary.get("wall"),
+        "wall_s": summary.get("wall", train[-1]["wall"] if train else None),
         "message": summary.get("message", ""),
     }
 

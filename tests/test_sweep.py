@@ -5,6 +5,7 @@ import numpy as np
 import orjson
 import pytest
 
+from pipelines import experiment_log
 from pipelines.sweep import Variant, main, make_variants
 
 TINY = [
@@ -66,3 +67,13 @@ def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     capsys.readouterr()
     main(args)  # every run finished: nothing is trained again
     assert capsys.readouterr().err.count("skipped") == 2
+
+    # The experiment log: the sweep's table and figure between the markers, the narrative kept.
+    doc = tmp_path / "docs" / "experiments.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Notes\n\n{experiment_log.START}\nold\n{experiment_log.END}\n\nMore narrative.\n")
+    experiment_log.main([str(out), "--out", str(doc), "--figures", str(tmp_path / "docs" / "figures")])
+    text = doc.read_text()
+    assert text.startswith("# Notes") and text.endswith("More narrative.\n") and "old" not in text
+    assert "| lr=1e6 | diverged |" in text and "](figures/sweep.png)" in text
+    assert (tmp_path / "docs" / "figures" / "sweep.png").stat().st_size > 0

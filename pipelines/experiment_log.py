@@ -1,0 +1,145 @@
+"""Generate the tables and figures of the experiment log from sweep directories:
+
+    python -m pipelines.experiment_log runs/study/lr runs/study/batch --out docs/experiments.md --figures docs/figures
+
+For each sweep directory (made by pipelines/sweep.py) it writes a section with the sweep's summary
+table and a validation-loss figure (against steps and against wall-clock seconds, y-axis clipped
+so that a divergent run does not flatten the others) into the `--figures` folder, then the samples
+of the run with the lowest validation loss. The result replaces whatever lies between the markers
+
+    <!-- experiment-log:start -->  ...  <!-- experiment-log:end -->
+
+in `--out` (appended when the file has none), so the narrative written around them is kept.
+"""
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipelines.metrics import read_metrics
+from pipelines.runs import SAMPLES_FILE
+from pipelines.sweep import SWEEP_SUMMARY_JSON, markdown_table, summarize_run
+
+START, END = "<!-- experiment-log:start -->", "<!-- experiment-log:end -->"
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The sweep's rows, re-read from its runs (so a log made mid-sweep is current), in the order
+    of its summary.json when there is one, else by name."""
+    path = sweep_dir / SWEEP_SUMMARY_JSON
+    names = [row["name"] for row in orjson.loads(path.read_bytes())] if path.exists() else sorted(
+        p.name for p in sweep_dir.iterdir() if (p / "metrics.jsonl").exists()
+    )
+    if not names:
+        raise FileNotFoundError(f"{sweep_dir} holds no runs (no */metrics.jsonl) and no {SWEEP_SUMMARY_JSON}")
+    return [summarize_run(name, sweep_dir / name) for name in names]
+
+
+def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -> Path:
+    """Validation loss of each run against steps and wall-clock seconds; a divergent run ends in an x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    finals = []
+    for index, row in enumerate(rows):
+        if not (Path(row["run_dir"]) / "metrics.jsonl").exists():
+            continue
+        valid = [r for r in read_metrics(row["run_dir"]) if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+        if not valid:
+            continue
+        finals.append(min(r["val_loss"] for r in valid))
+        label = row["name"] + (" (diverged)" if row["status"] == "diverged" else "")
+        for axis, x in ((by_step, "step"), (by_time, "wall")):
+            axis.plot([r[x] for r in valid], [r["val_loss"] for r in valid], color=f"C{index % 10}", marker="o", ms=3, label=label)
+            if row["status"] == "diverged":
+                axis.plot(valid[-1][x], valid[-1]["val_loss"], "kx", ms=9)
+    if finals:
+        # From just under the best loss to a little above the worst converged one.
+        low, high = min(finals), sorted(finals)[len(finals) // 2]
+        by_step.set_ylim(low - 0.1, high + max(1.0, 2 * (high - low)))
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("wall-clock seconds")
+    by_step.set_ylabel("validation loss (nats/token)")
+    for axis in (by_step, by_time):
+        axis.grid(alpha=0.3)
+    by_time.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def log_section(sweep_dirs: Sequence[Path], out: Path, figures: Path) -> str:
+    """The generated Markdown: one subsection per sweep, then the best run's samples."""
+    parts, everything = [], []
+    for sweep_dir in sweep_dirs:
+        rows = sweep_rows(sweep_dir)
+        everything += rows
+        png = plot_validation(rows, figures / f"{sweep_dir.name}.png", f"{sweep_dir.name}: validation loss")
+        parts += [
+            f"### {sweep_dir.name}",
+            "",
+            f"`{sweep_dir}` — losses in nats per token; tokens/s measured during training.",
+            "",
+            markdown_table(rows),
+            f"![{sweep_dir.name}]({os.path.relpath(png, out.parent)})",
+            "",
+        ]
+    scored = [row for row in everything if row["best_val_loss"] is not None and row["status"] == "completed"]
+    if scored:
+        best = min(scored, key=lambda row: row["final_val_loss"])
+        samples = Path(best["run_dir"]) / SAMPLES_FILE
+        parts += [
+            "### Samples of the best run",
+            "",
+            f"`{best['run_dir']}`: final validation loss {best['final_val_loss']:.3f}. "
+            + ("Its end-of-training samples (`samples.txt`):" if samples.exists() else "It wrote no samples."),
+            "",
+        ]
+        if samples.exists():
+            parts += ["```text", samples.read_text(encoding="utf-8").strip(), "```", ""]
+    return "\n".join(parts)
+
+
+def write_log(out: Path, section: str) -> None:
+    """Put `section` between the markers in `out`, keeping the text around them."""
+    block = f"{START}\n<!-- generated by `python -m pipelines.experiment_log`; edits here are overwritten -->\n\n{section}\n{END}"
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = before + block + after
+    else:
+        text = text + ("\n\n" if text else "") + block + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.experiment_log", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("sweeps", nargs="+", type=Path, help="sweep directories (from pipelines.sweep)")
+    parser.add_argument("--out", type=Path, default=Path("docs/experiments.md"), help="Markdown file to update")
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="folder for the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        write_log(args.out, log_section(args.sweeps, args.out, args.figures))
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    print(f"updated {args.out} ({len(args.sweeps)} sweeps; figures in {args.figures})")
+
+
+if __name__ == "__main__":
+    main()
