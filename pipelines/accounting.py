@@ -88,10 +88,10 @@ def memory_table(configs: dict[str, ModelConfig], batch_size: int) -> str:
         rows.append([
             name, human(memory.parameters, "B"), human(memory.gradients, "B"), human(memory.optimizer_state, "B"),
             human(memory.activations, "B"), human(memory.total, "B"),
-            f"{per_example / 1e9:.2f} · B + {fixed / 1e9:.2f}", max_batch_size(config, MEMORY_80GB),
+            f"{human(per_example, 'B')} · B + {human(fixed, 'B')}", f"{max_batch_size(config, MEMORY_80GB):,}",
         ])
     header = ["model", "parameters", "gradients", "AdamW state", f"activations (B={batch_size})", f"total (B={batch_size})",
-              "GB as a·B + b", "max B in 80 GB"]
+              "a·B + b", "max B in 80 GB"]
     return table(header, rows)
 
 
