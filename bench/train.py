@@ -1,0 +1,101 @@
+"""The pure training step against a conventional nn.Module + torch.optim.AdamW loop.
+
+One full step each (forward, backward, gradient clipping, AdamW with a cosine learning rate), on
+one fixed batch, eager and under torch.compile, timed in turn so that load from other processes
+hits every variant alike. Prints tokens/s and the speed ratio against the conventional peer
+(above 1.0: the pure step is faster).
+
+    just bench train               # cpu-small-shaped model, about a minute on two cores
+    just bench train --no-compile  # eager only
+"""
+
+import argparse
+from functools import partial
+
+import torch
+
+from bench.common import print_table, time_interleaved
+from bench.model import ModuleLM
+from core.config import ModelConfig
+from core.loss import cross_entropy
+from core.optim import AdamWHParams, adamw_init
+from core.schedule import cosine_schedule
+from core.train_step import StepConfig, make_grad_and_value, make_train_step
+from params.init import init_params
+from params.tree import flatten
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+
+    config = ModelConfig(
+        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
+    )
+    hparams = AdamWHParams(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    schedule = partial(cosine_schedule, max_learning_rate=1e-3, min_learning_rate=1e-4, warmup_iters=10, cosine_cycle_iters=1000)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(0, config.vocab_size, (args.batch, config.context_length), generator=generator)
+    y = torch.randint(0, config.vocab_size, (args.batch, config.context_length), generator=generator)
+    initial = init_params(config, torch.Generator().manual_seed(0))
+
+    def pure(grad_mode: str, compile: bool = False):
+        step_config = StepConfig(config, hparams, max_grad_norm=1.0, grad_mode=grad_mode)
+        grad_and_value = make_grad_and_value(step_config)
+        train_step = make_train_step(step_config, schedule, torch.compile(grad_and_value) if compile else grad_and_value)
+        state = {"params": initial, "opt": adamw_init(initial), "step": 0}
+
+        def step() -> None:
+            state["params"], state["opt"], _ = train_step(state["params"], state["opt"], (x, y), state["step"])
+            state["step"] += 1
+
+        return step
+
+    def module(compile: bool = False):
+        model = ModuleLM(config)
+        model.load_state_dict(flatten(initial))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=hparams.betas, eps=hparams.eps, weight_decay=hparams.weight_decay)
+        forward = torch.compile(model) if compile else model
+        state = {"step": 0}
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            cross_entropy(forward(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(state["step"])
+            optimizer.step()
+            state["step"] += 1
+
+        return step
+
+    variants = {
+        "module + torch.optim.AdamW": module(),
+        "pure step (torch.func)": pure("func"),
+        "pure step (autograd.grad)": pure("autograd"),
+    }
+    if not args.no_compile:
+        variants["module compiled + torch.optim.AdamW"] = module(compile=True)
+        variants["pure step compiled (torch.func)"] = pure("func", compile=True)
+
+    print(f"config: {config}\nbatch {args.batch} x context {args.context}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.repeats} training steps (warm-up and compilation excluded)\n")
+    times = time_interleaved(variants, repeats=args.repeats)
+    tokens = args.batch * args.context
+    rows = []
+    for name, seconds in times.items():
+        peer = times["module compiled + torch.optim.AdamW" if "compiled" in name else "module + torch.optim.AdamW"]
+        rows.append((name, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{peer / seconds:.2f}"))
+    print_table(rows, ("variant", "ms/step", "tokens/s", "speed vs module"))
+
+
+if __name__ == "__main__":
+    main()
