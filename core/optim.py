@@ -74,10 +74,10 @@ def adamw_update(
 
     new_state = {
         "step": step,
-        "m": tree_unflatten(m_leaves, spec),
-        "v": tree_unflatten(v_leaves, spec),
+        "m": tree_unflatten(list(m_leaves), spec),
+        "v": tree_unflatten(list(v_leaves), spec),
     }
-    return tree_unflatten(new_leaves, spec), new_state
+    return tree_unflatten(list(new_leaves), spec), new_state
 
 
 def _leaves_like(tree: Tree, spec: Any, name: str) -> list[torch.Tensor]:
