@@ -79,36 +79,46 @@ def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> It
         vocab[next_id] = vocab[first] + vocab[second]
         keys[next_id] = descending_key(vocab[next_id])
 
-        # Re-count only the words that contain the pair: their old pairs out, their new pairs in.
+        # Only the words that contain the pair change, and in them only the pairs around each
+        # occurrence: (left, first) and (second, right) become (left, new) and (new, right).
         # (Written out inline: this loop is the hot spot of training.)
-        changes: dict[Pair, int] = defaultdict(int)
+        touched: set[Pair] = set()
         for w in words_with.pop(pair):
             word, count = words[w], counts[w]
-            merged, i, n = [], 0, len(word)
+            n = len(word)
+            merged: list[int] = []
+            i = 0
             while i < n:
-                if word[i] == first and i + 1 < n and word[i + 1] == second:
-                    merged.append(next_id)
-                    i += 2
-                else:
+                if not (word[i] == first and i + 1 < n and word[i + 1] == second):
                     merged.append(word[i])
                     i += 1
-            if len(merged) == n:
-                continue  # the index is lazy: this word lost the pair to an earlier merge
-            words[w] = merged
-            for old in zip(word, word[1:]):
-                changes[old] -= count
-            for new in zip(merged, merged[1:]):
-                changes[new] += count
-                if next_id in new:
-                    words_with[new].add(w)
-        for changed, delta in changes.items():
-            if delta:
-                count = pair_counts[changed] + delta
-                if count:
-                    pair_counts[changed] = count
-                    heapq.heappush(heap, (-count, keys[changed[0]] + keys[changed[1]], changed))
-                else:
-                    del pair_counts[changed]
+                    continue
+                pair_counts[pair] -= count
+                if merged:  # the left neighbour: an old token, or the previous occurrence merged
+                    left = merged[-1]
+                    pair_counts[word[i - 1], first] -= count
+                    pair_counts[left, next_id] += count
+                    words_with[left, next_id].add(w)
+                    touched.update(((word[i - 1], first), (left, next_id)))
+                merged.append(next_id)
+                i += 2
+                # The right neighbour, unless it starts the next occurrence (handled there, as its left).
+                if i < n and not (word[i] == first and i + 1 < n and word[i + 1] == second):
+                    right = word[i]
+                    pair_counts[second, right] -= count
+                    pair_counts[next_id, right] += count
+                    words_with[next_id, right].add(w)
+                    touched.update(((second, right), (next_id, right)))
+            if len(merged) < n:  # else the index was stale: the word lost the pair to an earlier merge
+                words[w] = merged
+        del pair_counts[pair]  # every occurrence is merged
+        touched.discard(pair)
+        for changed in touched:
+            count = pair_counts[changed]
+            if count:
+                heapq.heappush(heap, (-count, keys[changed[0]] + keys[changed[1]], changed))
+            else:
+                del pair_counts[changed]
 
         yield vocab[first], vocab[second]
         next_id += 1

@@ -22,6 +22,8 @@ VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_to
 # Past this many distinct pre-tokens the cache starts over: memory stays bounded on endless streams,
 # and real text's frequent words are back in it within a few kilobytes.
 _CACHE_LIMIT = 1 << 20
+# Rank of a pair that no merge joins: after every real rank.
+_NO_MERGE = (float("inf"), -1)
 
 
 class Tokenizer:
@@ -68,22 +70,22 @@ class Tokenizer:
             ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
         except KeyError as error:
             raise ValueError(f"byte {error.args[0]:#04x} of {piece!r} has no token in the vocabulary") from None
-        merge_of = self._merge_of
-        while len(ids) > 1:
-            ranked = [(merge_of[pair][0], pair) for pair in zip(ids, ids[1:]) if pair in merge_of]
-            if not ranked:
+        # Rank of each adjacent pair (with the id it merges into); merge the lowest, leftmost among
+        # equals, and re-rank only its two neighbours. One occurrence at a time is the same as all
+        # left to right: a merge's result only takes part in later-ranked merges.
+        get = self._merge_of.get
+        ranked = [get(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
+        while ranked:
+            best = min(ranked)
+            if best is _NO_MERGE:
                 break
-            _, (left, right) = min(ranked)
-            merged = merge_of[left, right][1]
-            out, i = [], 0
-            while i < len(ids):
-                if i + 1 < len(ids) and ids[i] == left and ids[i + 1] == right:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            i = ranked.index(best)
+            ids[i : i + 2] = [best[1]]
+            del ranked[i]
+            if i > 0:
+                ranked[i - 1] = get((ids[i - 1], ids[i]), _NO_MERGE)
+            if i < len(ranked):
+                ranked[i] = get((ids[i], ids[i + 1]), _NO_MERGE)
         return tuple(ids)
 
     def _encode_plain(self, text: str) -> list[int]:
