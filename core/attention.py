@@ -11,6 +11,8 @@ from core.layers import linear, softmax
 
 # Per layer, the keys and values of the positions seen so far: each (*batch, heads, seq, d_k).
 KV = tuple[Tensor, Tensor]
+# RoPE's cos and sin at each position, each (*batch, seq, d_k / 2).
+Rotation = tuple[Tensor, Tensor]
 
 
 @lru_cache(maxsize=32)
@@ -23,22 +25,36 @@ def rope_table(
     return angles.cos().float(), angles.sin().float()
 
 
+def rope_rotation(
+    d_k: int, theta: float, max_seq_len: int, positions: Int[Tensor, "*pbatch seq"]
+) -> tuple[Float[Tensor, "*pbatch seq half_d_k"], Float[Tensor, "*pbatch seq half_d_k"]]:
+    """cos and sin of every position's angles: looked up once per forward pass and shared by the
+    queries and keys of every layer. Positions must lie below max_seq_len (not checked here:
+    that would sync with the device on every call)."""
+    cos_table, sin_table = rope_table(d_k, float(theta), max_seq_len, positions.device)
+    return cos_table[positions], sin_table[positions]
+
+
+def rotate_pairs(
+    x: Float[Tensor, "*batch seq d_k"], rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]]
+) -> Float[Tensor, "*batch seq d_k"]:
+    """Rotate each adjacent pair (x[2k], x[2k+1]) by the angle whose cos and sin are given."""
+    cos, sin = (t.to(x.dtype) for t in rotation)
+    pairs = x.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
 def rope(
     x: Float[Tensor, "*batch seq d_k"],
     positions: Int[Tensor, "*#pbatch seq"],
     theta: float,
     max_seq_len: int,
 ) -> Float[Tensor, "*batch seq d_k"]:
-    """Rotate each adjacent pair (x[2k], x[2k+1]) by the angle position / theta^(2k/d_k).
+    """RoPE: rotate each adjacent pair (x[2k], x[2k+1]) by the angle position / theta^(2k/d_k).
 
-    `positions` broadcasts against the leading dims of `x` (add a singleton for the heads) and
-    must lie below max_seq_len; callers check that once, not on every call (it would sync)."""
-    cos_table, sin_table = rope_table(x.shape[-1], float(theta), max_seq_len, x.device)
-    cos, sin = cos_table[positions].to(x.dtype), sin_table[positions].to(x.dtype)
-    pairs = x.unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2)
+    `positions` broadcasts against the leading dims of `x`."""
+    return rotate_pairs(x, rope_rotation(x.shape[-1], theta, max_seq_len, positions))
 
 
 def scaled_dot_product_attention(
@@ -81,10 +97,15 @@ def multihead_self_attention(
     """Causal self-attention; RoPE on queries and keys when rope_theta is given.
 
     params: {"q_proj", "k_proj", "v_proj", "output_proj"} each {"weight": (d_model, d_model)},
-    heads stacked along the rows in order."""
-    out, _ = multihead_self_attention_step(
-        params, x, num_heads, rope_theta=rope_theta, max_seq_len=max_seq_len, positions=positions
-    )
+    heads stacked along the rows in order. positions default to 0 .. seq-1."""
+    rotation = None
+    if rope_theta is not None:
+        if max_seq_len is None:
+            raise ValueError("RoPE needs max_seq_len alongside rope_theta")
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)
+        rotation = rope_rotation(x.shape[-1] // num_heads, rope_theta, max_seq_len, positions)
+    out, _ = multihead_self_attention_step(params, x, num_heads, rotation=rotation)
     return out
 
 
@@ -93,29 +114,21 @@ def multihead_self_attention_step(
     x: Float[Tensor, "*batch seq d_model"],
     num_heads: int,
     *,
-    rope_theta: float | None = None,
-    max_seq_len: int | None = None,
-    positions: Int[Tensor, "*#pbatch seq"] | None = None,
+    rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]] | None = None,
     past: KV | None = None,
 ) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
     """Self-attention of new positions over `past` keys/values plus their own (a KV cache).
 
+    `rotation` is rope_rotation() of the new positions (None: no position information).
     Returns the output and the keys/values extended by the new positions."""
-    seq = x.shape[-2]
-    past_len = 0 if past is None else past[0].shape[-2]
     q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
     k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
     v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
-    if rope_theta is not None:
-        if max_seq_len is None:
-            raise ValueError("RoPE needs max_seq_len alongside rope_theta")
-        if positions is None:
-            positions = torch.arange(past_len, past_len + seq, device=x.device)
-        head_positions = positions.unsqueeze(-2)  # broadcast over the heads axis
-        q = rope(q, head_positions, rope_theta, max_seq_len)
-        k = rope(k, head_positions, rope_theta, max_seq_len)
+    if rotation is not None:
+        per_head = tuple(t.unsqueeze(-3) for t in rotation)  # broadcast over the heads axis
+        q, k = rotate_pairs(q, per_head), rotate_pairs(k, per_head)
     if past is not None:
         k = torch.cat((past[0], k), dim=-2)
         v = torch.cat((past[1], v), dim=-2)
-    attended = scaled_dot_product_attention(q, k, v, causal_mask(seq, k.shape[-2], x.device))
+    attended = scaled_dot_product_attention(q, k, v, causal_mask(x.shape[-2], k.shape[-2], x.device))
     return linear(params["output_proj"]["weight"], merge_heads(attended)), (k, v)

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.attention import KV, multihead_self_attention_step
+from core.attention import KV, Rotation, multihead_self_attention_step, rope_rotation
 from core.config import ModelConfig
 from core.layers import embedding, linear, rmsnorm, silu_ffn, swiglu
 
@@ -21,43 +21,39 @@ def feed_forward(params: dict, x: Float[Tensor, "*batch d_model"], config: Model
     return silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x)
 
 
-def _attention(params: dict, x: Tensor, config: ModelConfig, positions: Tensor | None, past: KV | None) -> tuple[Tensor, KV]:
-    rope = config.position == "rope"
-    return multihead_self_attention_step(
-        params["attn"],
-        x,
-        config.num_heads,
-        rope_theta=config.rope_theta if rope else None,
-        max_seq_len=config.context_length if rope else None,
-        positions=positions,
-        past=past,
-    )
+def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device) -> Rotation | None:
+    """RoPE's cos/sin for positions start .. start+seq-1, shared by every layer (None for NoPE)."""
+    if config.position != "rope":
+        return None
+    positions = torch.arange(start, start + seq, device=device)
+    return rope_rotation(config.head_dim, config.rope_theta, config.context_length, positions)
 
 
-def _block(params: dict, x: Tensor, config: ModelConfig, positions: Tensor | None, past: KV | None) -> tuple[Tensor, KV]:
+def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None) -> tuple[Tensor, KV]:
+    def attend(h: Tensor) -> tuple[Tensor, KV]:
+        return multihead_self_attention_step(params["attn"], h, config.num_heads, rotation=rotation, past=past)
+
     eps = config.rmsnorm_eps
     if config.norm == "pre":
-        attended, kv = _attention(params, rmsnorm(params["ln1"]["weight"], x, eps), config, positions, past)
+        attended, kv = attend(rmsnorm(params["ln1"]["weight"], x, eps))
         h = x + attended
         return h + feed_forward(params["ffn"], rmsnorm(params["ln2"]["weight"], h, eps), config), kv
     if config.norm == "post":
-        attended, kv = _attention(params, x, config, positions, past)
+        attended, kv = attend(x)
         h = rmsnorm(params["ln1"]["weight"], x + attended, eps)
         return rmsnorm(params["ln2"]["weight"], h + feed_forward(params["ffn"], h, config), eps), kv
-    attended, kv = _attention(params, x, config, positions, past)
+    attended, kv = attend(x)
     h = x + attended
     return h + feed_forward(params["ffn"], h, config), kv
 
 
 def transformer_block(
-    params: dict,
-    x: Float[Tensor, "*batch seq d_model"],
-    config: ModelConfig,
-    positions: Int[Tensor, "*#pbatch seq"] | None = None,
+    params: dict, x: Float[Tensor, "*batch seq d_model"], config: ModelConfig
 ) -> Float[Tensor, "*batch seq d_model"]:
-    """One block: causal self-attention then feed-forward, each with a residual connection and
-    RMSNorm placed as config.norm says (pre: x + f(norm(x)); post: norm(x + f(x)); none)."""
-    out, _ = _block(params, x, config, positions, None)
+    """One block over positions 0 .. seq-1: causal self-attention then feed-forward, each with a
+    residual connection and RMSNorm placed as config.norm says (pre: x + f(norm(x));
+    post: norm(x + f(x)); none: x + f(x))."""
+    out, _ = _block(params, x, config, rotation_for(config, 0, x.shape[-2], x.device), None)
     return out
 
 
@@ -82,8 +78,9 @@ def forward(
     """Next-token logits for every position of `tokens` (seq <= context_length)."""
     _check_length(tokens, config)
     x = embedding(params["token_embeddings"]["weight"], tokens)
+    rotation = rotation_for(config, 0, tokens.shape[-1], tokens.device)
     for layer in params["layers"]:
-        x, _ = _block(layer, x, config, None, None)
+        x, _ = _block(layer, x, config, rotation, None)
     return _logits(params, x, config)
 
 
@@ -113,8 +110,9 @@ def forward_cached(
     Each new token costs attention over the cached keys, not a rerun of the whole prefix."""
     _check_length(tokens, config, cache.length)
     x = embedding(params["token_embeddings"]["weight"], tokens)
+    rotation = rotation_for(config, cache.length, tokens.shape[-1], tokens.device)
     new_layers = []
     for layer, past in zip(params["layers"], cache.layers, strict=True):
-        x, kv = _block(layer, x, config, None, past)
+        x, kv = _block(layer, x, config, rotation, past)
         new_layers.append(kv)
     return _logits(params, x, config), KVCache(layers=tuple(new_layers))
