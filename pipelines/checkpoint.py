@@ -48,13 +48,12 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write the training pipeline's state atomically. `state` holds:
-
-    step (int), params (pytree), opt_state (AdamW: step, m, v pytrees), model_config and
-    train_config (plain dicts), rng (from `capture_rng`), tokenizer (fingerprint str or None).
-    """
+    """Write the training pipeline's state atomically. `state` holds `step` (int), `params` (a
+    pytree), `opt_state` (AdamW's step and m, v pytrees) and any plain values besides (configs as
+    dicts, `rng` from `capture_rng`, the tokenizer's fingerprint, elapsed seconds...)."""
     opt_state = state["opt_state"]
     payload = {
+        **state,
         "kind": "training",
         "step": int(state["step"]),
         "params": _to_cpu(flatten(state["params"])),
@@ -63,10 +62,6 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
             "m": _to_cpu(flatten(opt_state["m"])),
             "v": _to_cpu(flatten(opt_state["v"])),
         },
-        "model_config": state["model_config"],
-        "train_config": state["train_config"],
-        "rng": state["rng"],
-        "tokenizer": state.get("tokenizer"),
     }
     _write(payload, path)
 
