@@ -78,7 +78,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     schedule = partial(
         cosine_schedule,
         max_learning_rate=config.lr,
-        min_learning_rate=config.min_lr,
+        min_learning_rate=config.final_lr,
         warmup_iters=config.warmup_steps,
         cosine_cycle_iters=config.decay_steps,
     )

@@ -26,7 +26,6 @@ BASELINE: dict[str, Any] = {
     "batch_size": 128,
     "max_steps": 10_000,
     "lr": 1e-3,
-    "min_lr": 1e-4,
     "warmup_steps": 200,
     "eval_every": 500,
     "checkpoint_every": 1000,
@@ -39,7 +38,6 @@ CPU_SMALL: dict[str, Any] = {
     "batch_size": 32,
     "max_steps": 600,
     "lr": 3e-3,
-    "min_lr": 3e-4,
     "warmup_steps": 30,
     "eval_every": 100,
     "eval_windows": 128,
@@ -61,7 +59,7 @@ class TrainConfig:
     batch_size: int = 32
     max_steps: int = 1000
     lr: float = 1e-3  # peak of the cosine schedule
-    min_lr: float = 1e-4
+    min_lr: float | None = None  # the floor after the decay; None: lr / 10, so sweeps over lr keep the ratio
     warmup_steps: int = 100
     cosine_steps: int | None = None  # where the decay ends; None: at max_steps (the handout's tip)
     beta1: float = 0.9
@@ -102,11 +100,11 @@ class TrainConfig:
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("min_lr", "eps", "weight_decay", "sample_temperature"):
+        for name in ("eps", "weight_decay", "sample_temperature"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.min_lr > self.lr:
-            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must lie in [0, lr = {self.lr}]")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
@@ -123,6 +121,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         if self.dataset not in PRESETS:
             raise ValueError(f"TrainConfig.dataset must be one of {sorted(PRESETS)}, got {self.dataset!r}")
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
     @property
     def decay_steps(self) -> int:
