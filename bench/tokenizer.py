@@ -14,6 +14,7 @@ data/tinystories_valid.txt and fixtures/corpus.en. Missing ones are skipped.
 """
 
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -84,21 +85,30 @@ def bench_encoding(corpora: dict[str, Path]) -> None:
     theirs = tiktoken.get_encoding("gpt2")
     hf_gpt2 = hf_from_files(vocab, merges)
     workers = default_workers()
-    rows = []
+    rows, notes = [], []
     for name, path in corpora.items():
         text = path.read_text(encoding="utf-8")
         megabytes = len(text.encode("utf-8")) / 1e6
+        repeats = 3 if megabytes < 2 else 1
         ours = Tokenizer.from_files(vocab, merges, [EOT])
         cold = seconds(lambda: ours.encode(text))  # first pass: every distinct pre-token is merged
-        warm = seconds(lambda: ours.encode(text), repeats=3)  # cache filled
+        warm = seconds(lambda: ours.encode(text), repeats=repeats)  # cache filled
         assert ours.encode(text) == theirs.encode(text, allowed_special={EOT}), f"ids differ from tiktoken on {name}"
-        reference = seconds(lambda: theirs.encode_ordinary(text), repeats=3)
-        hf_time = seconds(lambda: hf_gpt2.encode(text), repeats=3)
+        reference = seconds(lambda: theirs.encode_ordinary(text), repeats=repeats)
+        hf_time = seconds(lambda: hf_gpt2.encode(text), repeats=repeats)
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with tempfile.TemporaryDirectory() as directory:
-            # A fresh output each time, so the pipeline cannot skip; includes starting workers and writing.
+            # Fresh tokenizer (cold caches in the workers) and a fresh output, so nothing is skipped;
+            # the time includes loading, starting the workers and writing the .npy.
             runs = iter(range(100))
-            pipeline = seconds(lambda: encode_file(path, ours, Path(directory) / f"{next(runs)}.npy", workers=workers), repeats=3)
+            pipeline = seconds(
+                lambda: encode_file(path, Tokenizer.from_files(vocab, merges, [EOT]), Path(directory) / f"{next(runs)}.npy", workers=workers),
+                repeats=repeats,
+            )
             assert np.load(Path(directory) / "0.npy").tolist() == ours.encode(text)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        worker_cpu = (children.ru_utime - children_before.ru_utime + children.ru_stime - children_before.ru_stime) / repeats
+        notes.append(f"{name}: encode_file workers used {worker_cpu:.2f} CPU-s in {pipeline:.2f} s wall = {worker_cpu / pipeline:.2f} cores busy on average")
         for label, elapsed in [
             ("ours encode, cold cache", cold),
             ("ours encode, warm cache", warm),
@@ -108,6 +118,7 @@ def bench_encoding(corpora: dict[str, Path]) -> None:
         ]:
             rows.append((name, label, f"{megabytes / elapsed:.2f}", f"{reference / elapsed:.2f}x"))
     table(("corpus", "encoder", "MB/s", "vs tiktoken"), rows)
+    print("\n".join(notes) + f"\n(load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs)\n")
 
 
 def bench_training(jobs: list[tuple[str, Path, int]]) -> dict[str, Tokenizer]:
@@ -153,7 +164,13 @@ def main() -> None:
     if not (SHARED / "fixtures/gpt2_vocab.json").exists():
         raise SystemExit("GPT-2 fixtures not found: set LMKIT_SHARED to the shared folder")
 
-    bench_encoding({name: corpora[name] for name in ("tinystories_train", "owt_sample") if name in corpora})
+    with tempfile.TemporaryDirectory() as directory:
+        # A bigger file, where per-process start-up and cold caches weigh less: all the data, 4 times.
+        bigger = Path(directory) / "all_data_x4.txt"
+        data = [corpora[name] for name in ("tinystories_train", "tinystories_valid", "owt_sample") if name in corpora]
+        bigger.write_text("".join(path.read_text(encoding="utf-8") for path in data) * 4, encoding="utf-8")
+        names = [name for name in ("tinystories_train", "owt_sample") if name in corpora]
+        bench_encoding({**{name: corpora[name] for name in names}, bigger.stem: bigger})
     jobs = [("corpus.en", corpora["corpus.en"], 500)]
     jobs += [(name, corpora[name], 10_000) for name in ("tinystories_train", "owt_sample") if name in corpora]
     trained = bench_training(jobs)

@@ -62,6 +62,10 @@ class Tokenizer:
             self._merge_of.setdefault((self._id_of[left], self._id_of[right]), (rank, merged))
         self._cache: dict[str, tuple[int, ...]] = {}
 
+    def __getstate__(self) -> dict:
+        # Sent to worker processes without the cache: it can be large, and they fill their own.
+        return {**self.__dict__, "_cache": {}}
+
     # -- encoding -----------------------------------------------------------------------------
 
     def _merge(self, piece: str) -> tuple[int, ...]:

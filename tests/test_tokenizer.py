@@ -2,6 +2,8 @@
 streaming, decoding, and the GPT-2 file format."""
 
 import inspect
+import random
+import tracemalloc
 from itertools import islice, repeat
 
 import pytest
@@ -122,6 +124,27 @@ def test_encode_iterable_is_lazy_on_an_endless_stream(ours):
     expected = ours.encode(line * 3)
     endless = ours.encode_iterable(repeat(line), chunk_chars=100)
     assert list(islice(endless, len(expected))) == expected
+
+
+def test_encode_iterable_memory_stays_flat_while_the_text_grows():
+    vocab, merges = train_bpe(shared_path("fixtures/corpus.en"), 500, [EOT])
+    tokenizer = Tokenizer(vocab, merges, [EOT])
+
+    def lines():  # about 1.2 MB of text, made a line at a time
+        rng = random.Random(0)
+        words = "the quick brown fox jumps over lazy dog it's naïve 🦊 42 !!".split()
+        for i in range(20_000):
+            yield " ".join(rng.choices(words, k=12)) + (EOT if i % 7 == 0 else "\n")
+
+    text_bytes = sum(len(line.encode()) for line in lines())
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in tokenizer.encode_iterable(lines(), chunk_chars=4096))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count > 100_000
+    assert peak < text_bytes / 4
 
 
 def test_decode_replaces_malformed_utf8(ours):
