@@ -3,10 +3,13 @@
     python bench/tokenizer.py          (or: just bench tokenizer)
 
 1. Encoding throughput with GPT-2's vocabulary: our `encode` in one process (cold cache, then
-   warm), our parallel file pipeline (`encode_file`, all CPUs), HF `tokenizers`, each against
-   tiktoken's `encode_ordinary` on one thread. Also checks that our ids equal tiktoken's.
+   warm), our file pipeline (`encode_file`: one process, and one per CPU), HF `tokenizers`, each
+   against tiktoken's `encode_ordinary` on one thread, on the same text. Checks that our ids
+   equal tiktoken's. With several processes it also reports how many cores the workers kept
+   busy: on a machine shared with other jobs, fewer than it has.
 2. BPE training wall time against HF's BpeTrainer (ByteLevel pre-tokenizer, same vocabulary size
-   and special token), and how many of the merges agree.
+   and special token), and for how many merges the two agree before they part: HF breaks count
+   ties differently and does not cut the training text at special tokens.
 3. Compression (bytes per token) of each tokenizer on each corpus.
 
 Corpora come from $LMKIT_SHARED (default ../shared): data/tinystories_train.txt, data/owt_sample.txt,
@@ -96,23 +99,30 @@ def bench_encoding(corpora: dict[str, Path]) -> None:
         assert ours.encode(text) == theirs.encode(text, allowed_special={EOT}), f"ids differ from tiktoken on {name}"
         reference = seconds(lambda: theirs.encode_ordinary(text), repeats=repeats)
         hf_time = seconds(lambda: hf_gpt2.encode(text), repeats=repeats)
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with tempfile.TemporaryDirectory() as directory:
-            # Fresh tokenizer (cold caches in the workers) and a fresh output, so nothing is skipped;
-            # the time includes loading, starting the workers and writing the .npy.
-            runs = iter(range(100))
-            pipeline = seconds(
-                lambda: encode_file(path, Tokenizer.from_files(vocab, merges, [EOT]), Path(directory) / f"{next(runs)}.npy", workers=workers),
-                repeats=repeats,
-            )
-            assert np.load(Path(directory) / "0.npy").tolist() == ours.encode(text)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        worker_cpu = (children.ru_utime - children_before.ru_utime + children.ru_stime - children_before.ru_stime) / repeats
-        notes.append(f"{name}: encode_file workers used {worker_cpu:.2f} CPU-s in {pipeline:.2f} s wall = {worker_cpu / pipeline:.2f} cores busy on average")
+        pipeline = {}
+        for processes in sorted({1, workers}):
+            # Fresh tokenizers (so cold caches in the workers, as from the CLI) and fresh outputs (so
+            # nothing is skipped); the time includes fingerprinting, start-up, reading and writing.
+            fresh = iter([Tokenizer(ours.vocab, ours.merges, [EOT]) for _ in range(repeats)])
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with tempfile.TemporaryDirectory() as directory:
+                runs = iter(range(repeats))
+                pipeline[processes] = seconds(
+                    lambda: encode_file(path, next(fresh), Path(directory) / f"{next(runs)}.npy", workers=processes),
+                    repeats=repeats,
+                )
+                assert np.load(Path(directory) / "0.npy").tolist() == ours.encode(text)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if processes > 1:
+                cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / repeats
+                notes.append(
+                    f"{name}: encode_file's {processes} workers used {cpu:.2f} CPU-s in {pipeline[processes]:.2f} s "
+                    f"= {cpu / pipeline[processes]:.2f} cores busy on average"
+                )
         for label, elapsed in [
             ("ours encode, cold cache", cold),
             ("ours encode, warm cache", warm),
-            (f"ours encode_file, {workers} processes", pipeline),
+            *((f"ours encode_file, {n} process{'es' if n > 1 else ''}", t) for n, t in pipeline.items()),
             ("HF tokenizers encode", hf_time),
             ("tiktoken encode_ordinary", reference),
         ]:
