@@ -6,7 +6,8 @@
 CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config.json, applied over
 the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
 every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant` (one set of
-assignments joined by `+`, or `base` for none); `--set FIELD=VALUE` applies to them all.
+assignments joined by `+`, or `base` for none, optionally named, the name without "=": `NAME:F=V+F=V`); `--set
+FIELD=VALUE` applies to them all.
 
 Each variant trains in a subprocess (`python -m pipelines.train`) in its own run directory under
 the sweep directory, so a crash or a divergence ends that run only, and several can run side by
@@ -58,8 +59,9 @@ def typed(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
 
 
 def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]:
-    """The grid of `vary` axes ("lr=1e-4,1e-3") times the listed `variants` ("norm=post+lr=1e-3" or
-    "base"); one variant with no overrides when both are empty."""
+    """The grid of `vary` axes ("lr=1e-4,1e-3") times the listed `variants` ("norm=post+lr=1e-3",
+    "base", or named for its run directory: "bs1:batch_size=1+max_steps=4096"); one
+    variant with no overrides when both are empty."""
     axes = []
     for spec in vary:
         name, values = parse_assignment(spec)
@@ -67,14 +69,19 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
         if not texts:
             raise ValueError(f"--vary {spec!r}: no values")
         axes.append([(name, text) for text in texts])
-    listed = []
+    listed = []  # (given name or "", assignments)
     for spec in variants:
-        listed.append([] if spec.strip() == "base" else [parse_assignment(part) for part in spec.split("+")])
+        label, sep, assignments = spec.partition(":")
+        if not sep or "=" in label:  # no "NAME:" prefix
+            label, assignments = "", spec
+        pairs = [] if assignments.strip() == "base" else [parse_assignment(part) for part in assignments.split("+")]
+        listed.append((label.strip(), pairs))
     result, seen = [], set()
     for point in itertools.product(*axes):
-        for extra in listed or [[]]:
+        for label, extra in listed or [("", [])]:
             pairs = list(point) + extra
-            name = ",".join(f"{field}={text}" for field, text in pairs) or "base"
+            names = [f"{field}={text}" for field, text in point] + ([label] if label else [f"{f}={t}" for f, t in extra])
+            name = ",".join(names) or "base"
             if name in seen:
                 raise ValueError(f"variant {name!r} is listed twice")
             seen.add(name)
@@ -152,12 +159,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
     lines = [
-        "| variant | status | steps | tokens | final train | final val | best val | tokens/s | wall (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | status | lr | batch | steps | tokens | final train | final val | best val | tokens/s | wall (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        lr = "–" if row["lr"] is None else f"{row['lr']:.3g}"
         lines.append(
-            f"| {row['name']} | {row['status']} | {number(row['steps'])} | {number(row['tokens'])} "
+            f"| {row['name']} | {row['status']} | {lr} | {number(row['batch_size'])} | {number(row['steps'])} | {number(row['tokens'])} "
             f"| {number(row['final_train_loss'])} | {number(row['final_val_loss'])} | {number(row['best_val_loss'])} "
             f"| {number(row['tokens_per_s'], 0)} | {number(row['wall_s'], 0)} |"
         )

@@ -36,6 +36,8 @@ def test_grid_times_listed_variants():
     ]
     assert variants[1].overrides == {"lr": 1e-3, "batch_size": 8, "norm": "post", "ffn": "silu"}
     assert make_variants([], []) == [Variant("base", {})]
+    named = make_variants([], ["bs1:batch_size=1+max_steps=64"])
+    assert named == [Variant("bs1", {"batch_size": 1, "max_steps": 64})]
 
 
 def test_bad_specs_are_clear_errors():
@@ -61,7 +63,7 @@ def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     assert rows["lr=1e-3"]["steps"] == 6 and rows["lr=1e-3"]["best_val_loss"] > 0
     assert rows["lr=1e6"]["status"] == "diverged"
     table = (out / "summary.md").read_text()
-    assert "| lr=1e6 | diverged |" in table
+    assert "| lr=1e6 | diverged | 1e+06 | 4 |" in table
     assert (out / "curves.png").stat().st_size > 0
 
     capsys.readouterr()
