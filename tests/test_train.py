@@ -29,6 +29,16 @@ TINY = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: intra-op threads gain nothing, and on a loaded machine their
+    spin-waits turn milliseconds into seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def token_dir(tmp_path: Path) -> Path:
     """train.npy / valid.npy: a repeating 24-token pattern, so the next token is learnable."""
@@ -123,7 +133,8 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_p
         "--run-dir", str(run_dir), "--max-steps", "1000000", "--log-every", "1", "--eval-every", "1000",
         "--checkpoint-every", "1000", *[f"--set={k}={v}" for k, v in TINY.items() if k not in ("log_every", "eval_every", "checkpoint_every")],
     ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 3):
@@ -141,7 +152,7 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_p
     target = summary["step"] + 3
     resumed = subprocess.run(
         [sys.executable, "-m", "pipelines.train", "--resume", "--run-dir", str(run_dir), "--max-steps", str(target)],
-        cwd=ROOT, capture_output=True, timeout=120,
+        cwd=ROOT, env=env, capture_output=True, timeout=120,
     )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     final = orjson.loads((run_dir / "summary.json").read_bytes())
