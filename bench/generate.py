@@ -1,0 +1,61 @@
+"""Generation with the KV cache against recomputing the whole window for every new token.
+
+Both paths draw the same tokens (tests/test_generate.py); this measures what the cache saves:
+each new token costs one position through the model instead of the whole prefix.
+
+    just bench generate                  # cpu-small-shaped model, 256-token context
+    just bench generate --new-tokens 500 # past the context: the window slides (cache rebuilt)
+"""
+
+import argparse
+import time
+
+import torch
+
+from bench.common import print_table
+from core.config import ModelConfig
+from core.sampling import generate
+from params.init import init_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=240)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    config = ModelConfig(
+        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
+    )
+    params = init_params(config, torch.Generator().manual_seed(0))
+    prompt = list(range(1, args.prompt_tokens + 1))
+
+    def run(use_cache: bool) -> tuple[float, list[int]]:
+        best, tokens = float("inf"), []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            tokens = generate(params, config, prompt, args.new_tokens, temperature=0.8, top_p=0.95,
+                              generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+            best = min(best, time.perf_counter() - start)
+        return best, tokens
+
+    print(f"config: {config}\nprompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; best of {args.repeats}\n")
+    cached_seconds, cached_tokens = run(use_cache=True)
+    plain_seconds, plain_tokens = run(use_cache=False)
+    assert cached_tokens == plain_tokens, "the two paths drew different tokens"
+    rows = [
+        ("cache-free (full forward per token)", f"{plain_seconds:.2f}", f"{args.new_tokens / plain_seconds:,.0f}", "1.00"),
+        ("KV cache", f"{cached_seconds:.2f}", f"{args.new_tokens / cached_seconds:,.0f}", f"{plain_seconds / cached_seconds:.2f}"),
+    ]
+    print_table(rows, ("variant", "seconds", "tokens/s", "speed-up"))
+
+
+if __name__ == "__main__":
+    main()
