@@ -1,0 +1,46 @@
+"""Learning curves from run directories, and reading metrics.jsonl."""
+
+import orjson
+import pytest
+
+from pipelines.metrics import MetricsLog, read_metrics
+from pipelines.plot import main, plot_runs
+
+
+def _run(tmp_path, name, scale):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    log = MetricsLog(run_dir)
+    for step in range(10, 110, 10):
+        log.write({"step": step, "tokens": step * 64, "wall": step / 10, "train_loss": scale * 5 / step ** 0.3,
+                   "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 640.0})
+        if step % 50 == 0:
+            log.write({"step": step, "tokens": step * 64, "wall": step / 10, "val_loss": scale * 5.5 / step ** 0.3})
+    log.close()
+    return run_dir
+
+
+def test_plot_runs_overlays_several_runs_into_one_png(tmp_path):
+    runs = [_run(tmp_path, "a", 1.0), _run(tmp_path, "b", 1.2)]
+    out = plot_runs(runs, tmp_path / "plots" / "curves.png", labels=["lr 1e-3", "lr 3e-3"], title="lr sweep")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="1 labels for 2 runs"):
+        plot_runs(runs, tmp_path / "x.png", labels=["one"])
+
+
+def test_plot_cli_defaults_to_the_run_directory(tmp_path, capsys):
+    run = _run(tmp_path, "a", 1.0)
+    main([str(run)])
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'plots' / 'loss.png'}"
+    assert (run / "plots" / "loss.png").exists()
+
+
+def test_read_metrics_keeps_the_latest_row_per_step_and_skips_a_torn_last_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 10, "train_loss": 3.0}, {"step": 10, "val_loss": 3.1}, {"step": 20, "train_loss": 2.5},
+            {"step": 20, "train_loss": 2.4}]  # step 20 logged again after a resume
+    (run / "metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"step": 30, "tra')
+    assert read_metrics(run) == [rows[0], rows[1], rows[3]]
+    with pytest.raises(FileNotFoundError, match="training run directory"):
+        read_metrics(tmp_path / "nothing")
