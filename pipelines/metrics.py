@@ -52,8 +52,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["step"])
 
 
-def start_wandb(project: str, run_dir: Path, config: dict[str, Any]) -> Any:
-    """A W&B run, or a clear error when wandb is not installed. Honours WANDB_MODE (e.g. offline)."""
+def import_wandb() -> Any:
+    """The wandb module, or a clear error saying how to get it."""
     try:
         import wandb
     except ImportError as error:
@@ -61,4 +61,9 @@ def start_wandb(project: str, run_dir: Path, config: dict[str, Any]) -> Any:
             "--wandb needs the wandb package: pip install wandb (or pip install -e '.[wandb]'); "
             "set WANDB_MODE=offline to log without a network and `wandb sync` later"
         ) from error
+    return wandb
+
+
+def start_wandb(wandb: Any, project: str, run_dir: Path, config: dict[str, Any]) -> Any:
+    """A W&B run logging into `run_dir`; honours WANDB_MODE (e.g. offline)."""
     return wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config)

@@ -12,6 +12,7 @@ A run lives in one directory: config.json (the resolved config), metrics.jsonl, 
 
 import argparse
 import contextlib
+import math
 import shutil
 import signal
 import sys
@@ -23,24 +24,37 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 from tqdm import tqdm
 
 from core.config import ModelConfig
-from core.tokenizer import Tokenizer
 from core.optim import AdamWHParams, adamw_init
 from core.schedule import cosine_schedule
+from core.tokenizer import Tokenizer
 from core.train_step import StepConfig, loss_fn, make_grad_and_value, make_train_step
 from params.init import count_params, init_params
 from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
 from pipelines.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
 from pipelines.device import autocast_for, enable_tf32, select_device
 from pipelines.generate import sample_stories
-from pipelines.metrics import MetricsLog, start_wandb
+from pipelines.metrics import MetricsLog, import_wandb, start_wandb
 from pipelines.prepare import prepare_data
 from pipelines.runs import CONFIG_FILE, FINAL, LAST, SAMPLES_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a checkpoint holds of a run's progress."""
+
+    step: int
+    params: Any
+    opt_state: Any
+    rng: dict[str, Any]
+    elapsed: float
+
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or, with `resume`, continue) the training `config` describes; returns the run directory.
@@ -54,19 +68,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     saved = _saved_state(run_dir, config, device) if resume else None
     if not resume and checkpoint_path(run_dir).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run-dir")
-    wandb_run = start_wandb(config.wandb_project, run_dir, config.to_dict()) if config.wandb else None
+    wandb = import_wandb() if config.wandb else None  # a missing package fails here, before any work
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    data = prepare_data(config)
-    train_tokens, valid_tokens = open_tokens(data.train), open_tokens(data.valid)
-    for path, tokens in ((data.train, train_tokens), (data.valid, valid_tokens)):
-        check_tokens(tokens, config.model.vocab_size, name=str(path))
-    valid_starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval_windows)
-    if data.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
-        shutil.copytree(data.tokenizer, run_dir / TOKENIZER_DIR)  # the run decodes on its own
-    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
-
+    data = _open_data(config, run_dir)
     enable_tf32(device)
     step_config = StepConfig(
         model=config.model,
@@ -83,22 +89,19 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         cosine_cycle_iters=config.decay_steps,
     )
     grad_and_value = make_grad_and_value(step_config)
-    if config.compile:
-        grad_and_value = torch.compile(grad_and_value)
-    train_step = make_train_step(step_config, schedule, grad_and_value)
+    train_step = make_train_step(step_config, schedule, torch.compile(grad_and_value) if config.compile else grad_and_value)
 
     data_generator = torch.Generator().manual_seed(config.seed + 1)
     if saved is None:
         torch.manual_seed(config.seed)
         params = init_params(config.model, torch.Generator().manual_seed(config.seed), device=device)
-        opt_state = adamw_init(params)
-        step, elapsed = 0, 0.0
+        opt_state, step, elapsed = adamw_init(params), 0, 0.0
     else:
         params, opt_state, step, elapsed = saved["params"], saved["opt_state"], saved["step"], saved["elapsed"]
         restore_rng(saved["rng"], data_generator)
 
-    def save(name: str, snapshot: "_Snapshot") -> None:
-        state = {
+    def save(name: str, snapshot: _Snapshot) -> None:
+        save_training_state(checkpoint_path(run_dir, name), {
             "step": snapshot.step,
             "params": snapshot.params,
             "opt_state": snapshot.opt_state,
@@ -106,89 +109,81 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             "elapsed": snapshot.elapsed,
             "model_config": config.model.to_dict(),
             "train_config": config.to_dict(),
-            "tokenizer": tokenizer.fingerprint() if tokenizer else None,
-        }
-        save_training_state(checkpoint_path(run_dir, name), state)
+            "tokenizer": data.tokenizer.fingerprint() if data.tokenizer else None,
+        })
 
-    def evaluate() -> float:
-        with torch.inference_mode():
-            total = 0.0
-            for x, y in eval_batches(valid_tokens, valid_starts, config.batch_size, config.model.context_length, device):
-                total += loss_fn(params, x, y, config.model, step_config.autocast).item() * len(x)
-        return total / len(valid_starts)
-
-    tokens_per_step = config.batch_size * config.model.context_length
-    log = MetricsLog(run_dir, wandb_run)
-    print(
-        f"{'resuming' if saved else 'training'} {run_dir} on {device}: {count_params(config.model):,} parameters, "
-        f"{len(train_tokens):,} train / {len(valid_tokens):,} valid tokens, steps {step}..{config.max_steps}",
-        file=sys.stderr,
-    )
     started = time.perf_counter()
 
     def wall() -> float:  # seconds of this run, across resumes
         return elapsed + time.perf_counter() - started
 
+    tokens_per_step = config.batch_size * config.model.context_length
+    log = MetricsLog(run_dir, start_wandb(wandb, config.wandb_project, run_dir, config.to_dict()) if wandb else None)
+    print(
+        f"{'resuming' if saved else 'training'} {run_dir} on {device}: {count_params(config.model):,} parameters, "
+        f"{len(data.train):,} train / {len(data.valid):,} valid tokens, steps {step}..{config.max_steps}",
+        file=sys.stderr,
+    )
+    # `good` is the latest state whose every loss and gradient norm was checked finite. The step is
+    # pure, so keeping it is only keeping references: no copy.
     good = _Snapshot(step, params, opt_state, capture_rng(data_generator), wall())
-    pending: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # metrics of the steps since the last boundary, still on the device
     interval_start, train_seconds, trained_steps = time.perf_counter(), 0.0, 0
-    last = {"train_loss": None, "val_loss": None}
+    last_train_loss = last_val_loss = None
     status, message = "completed", ""
     bar = tqdm(total=config.max_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
     with _stop_on_signals() as stop, contextlib.closing(log), bar:
         while step < config.max_steps:
-            batch = get_batch(train_tokens, config.batch_size, config.model.context_length, device, data_generator)
+            batch = get_batch(data.train, config.batch_size, config.model.context_length, device, data_generator)
             params, opt_state, metrics = train_step(params, opt_state, batch, step)
             step += 1
             pending.append(metrics)
             stopping = stop.requested
-            boundary = step == config.max_steps or stopping or any(
-                step % every == 0 for every in (config.log_every, config.eval_every, config.checkpoint_every)
-            )
-            if not boundary:
+            every = (config.log_every, config.eval_every, config.checkpoint_every)
+            if not (stopping or step == config.max_steps or any(step % n == 0 for n in every)):
                 continue
-            # One host sync per boundary, not per step: the step's outputs stay on the device until now.
+
+            # A boundary: one host sync for all the steps since the last one.
             losses = torch.stack([m["loss"].float() for m in pending]).cpu()
             norms = torch.stack([m["grad_norm"].float() for m in pending]).cpu()
-            finite = torch.isfinite(losses) & torch.isfinite(norms)
-            if not finite.all():
-                bad_step = step - len(pending) + int((~finite).nonzero()[0]) + 1
-                status = "diverged"
-                message = (
-                    f"non-finite {'loss' if not torch.isfinite(losses).all() else 'gradient norm'} at step {bad_step}; "
-                    f"stopped and saved the last good checkpoint (step {good.step}) to {checkpoint_path(run_dir)}"
-                )
+            bad = _first_non_finite(losses, norms)
+            if bad is not None:
+                index, what = bad
+                bad_step = step - len(pending) + index + 1
                 save(LAST, good)
                 log.write({"step": bad_step, "event": "diverged", "wall": wall()})
+                status = "diverged"
+                message = (f"non-finite {what} at step {bad_step}; stopped and saved the last good checkpoint "
+                           f"(step {good.step}) to {checkpoint_path(run_dir)}")
                 break
             interval = time.perf_counter() - interval_start
             train_seconds, trained_steps = train_seconds + interval, trained_steps + len(pending)
-            last["train_loss"] = float(losses.mean())
+            last_train_loss = float(losses.mean())
             row = {
                 "step": step,
                 "tokens": step * tokens_per_step,
                 "wall": wall(),
-                "train_loss": last["train_loss"],
+                "train_loss": last_train_loss,
                 "lr": pending[-1]["lr"],
                 "grad_norm": float(norms[-1]),
                 "tokens_per_s": len(pending) * tokens_per_step / interval,
             }
             log.write(row)
             bar.update(len(pending))
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{last_train_loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
             pending = []
+
             if step % config.eval_every == 0 or step == config.max_steps:
-                last["val_loss"] = evaluate()
-                log.write({"step": step, "tokens": step * tokens_per_step, "wall": wall(), "val_loss": last["val_loss"]})
-                bar.write(f"step {step}: train loss {row['train_loss']:.4f}, val loss {last['val_loss']:.4f}")
+                last_val_loss = _evaluate(params, data, config, step_config.autocast, device)
+                log.write({"step": step, "tokens": step * tokens_per_step, "wall": wall(), "val_loss": last_val_loss})
+                bar.write(f"step {step}: train loss {last_train_loss:.4f}, val loss {last_val_loss:.4f}")
             good = _Snapshot(step, params, opt_state, capture_rng(data_generator), wall())
             if step % config.checkpoint_every == 0 or stopping:
                 save(LAST, good)
             if stopping and step < config.max_steps:
-                status = "interrupted"
-                message = f"interrupted at step {step}; checkpoint saved to {checkpoint_path(run_dir)}"
+                status, message = "interrupted", f"interrupted at step {step}; checkpoint saved to {checkpoint_path(run_dir)}"
                 break
-            interval_start = time.perf_counter()
+            interval_start = time.perf_counter()  # evaluation and checkpointing are not training time
 
     if status == "completed":
         save(LAST, good)
@@ -199,28 +194,58 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         "step": good.step,
         "tokens": good.step * tokens_per_step,
         "wall": wall(),
-        "train_loss": last["train_loss"],
-        "val_loss": last["val_loss"],
+        "train_loss": last_train_loss,
+        "val_loss": last_val_loss,
         "tokens_per_s": trained_steps * tokens_per_step / train_seconds if train_seconds else None,
         "parameters": count_params(config.model),
         "message": message,
     }
     (run_dir / SUMMARY_FILE).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     print(message, file=sys.stderr)
-    if status == "completed" and tokenizer is not None and config.samples:
-        _write_samples(run_dir, params, config, tokenizer)
+    if status == "completed" and data.tokenizer is not None and config.samples:
+        _write_samples(run_dir, params, config, data.tokenizer)
     return run_dir
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    """A state known to be good: every loss and gradient norm up to `step` was finite."""
+class _Data:
+    train: np.ndarray  # memory-mapped token ids
+    valid: np.ndarray
+    valid_starts: np.ndarray  # the fixed validation windows
+    tokenizer: Tokenizer | None
 
-    step: int
-    params: Any
-    opt_state: Any
-    rng: dict[str, Any]
-    elapsed: float
+
+def _open_data(config: TrainConfig, run_dir: Path) -> _Data:
+    """Token files checked against the vocabulary; the tokenizer copied into the run, when known,
+    so that the run decodes on its own."""
+    files = prepare_data(config)
+    train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
+    for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
+        check_tokens(tokens, config.model.vocab_size, name=str(path))
+    if files.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
+        shutil.copytree(files.tokenizer, run_dir / TOKENIZER_DIR)
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval_windows)
+    return _Data(train_tokens, valid_tokens, starts, tokenizer)
+
+
+def _evaluate(params: Any, data: _Data, config: TrainConfig, autocast: Any, device: torch.device) -> float:
+    """Mean loss over the fixed validation windows."""
+    total = 0.0
+    with torch.inference_mode():
+        for x, y in eval_batches(data.valid, data.valid_starts, config.batch_size, config.model.context_length, device):
+            total += loss_fn(params, x, y, config.model, autocast).item() * len(x)
+    return total / len(data.valid_starts)
+
+
+def _first_non_finite(losses: torch.Tensor, norms: torch.Tensor) -> tuple[int, str] | None:
+    """Index of the first step whose loss or gradient norm is not finite, and which one it was."""
+    for index, (loss, norm) in enumerate(zip(losses.tolist(), norms.tolist())):
+        if not math.isfinite(loss):
+            return index, "loss"
+        if not math.isfinite(norm):
+            return index, "gradient norm"
+    return None
 
 
 class _StopFlag:
