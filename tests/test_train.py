@@ -1,5 +1,6 @@
 """The training pipeline end to end, on tiny models and synthetic tokens."""
 
+import argparse
 import math
 import os
 import signal
@@ -14,13 +15,13 @@ import orjson
 import pytest
 import torch
 
+from params.tree import flatten
 from pipelines import download, train as train_module
 from pipelines.checkpoint import load_training_state
 from pipelines.metrics import read_metrics
 from pipelines.runs import checkpoint_path
 from pipelines.train import main, train
-from pipelines.train_config import TrainConfig, resolve_config, with_overrides
-from params.tree import flatten
+from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(
@@ -187,11 +188,11 @@ def test_presets_and_overrides_resolve_to_typed_fields(tmp_path):
     assert (model.num_layers, model.num_heads, model.rope_theta) == (4, 16, 10_000.0)
     assert baseline.batch_size * baseline.max_steps * model.context_length == 327_680_000
 
-    parser = train_module.argparse.ArgumentParser()
-    train_module.add_config_arguments(parser)
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
     args = parser.parse_args(["--lr", "3e-3", "--d-model", "256", "--norm", "post", "--compile",
                               "--set", "tie_embeddings=true", "--cosine-steps", "none"])
-    overrides = train_module.overrides_from_args(args)
+    overrides = overrides_from_args(args)
     assert overrides == {"lr": 3e-3, "d_model": 256, "norm": "post", "compile": True, "tie_embeddings": True, "cosine_steps": None}
     config = resolve_config("tinystories", "cpu-small", overrides)
     assert config.model.d_model == 256 and config.model.norm == "post" and config.model.tie_embeddings
