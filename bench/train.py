@@ -20,7 +20,7 @@ from core.config import ModelConfig
 from core.loss import cross_entropy
 from core.optim import AdamWHParams, adamw_init
 from core.schedule import cosine_schedule
-from core.train_step import StepConfig, make_grad_and_value, make_train_step
+from core.train_step import StepConfig, make_train_step
 from params.init import init_params
 from params.tree import flatten
 
@@ -48,9 +48,8 @@ def main() -> None:
     initial = init_params(config, torch.Generator().manual_seed(0))
 
     def pure(grad_mode: str, compile: bool = False):
-        step_config = StepConfig(config, hparams, max_grad_norm=1.0, grad_mode=grad_mode)
-        grad_and_value = make_grad_and_value(step_config)
-        train_step = make_train_step(step_config, schedule, torch.compile(grad_and_value) if compile else grad_and_value)
+        step_config = StepConfig(config, hparams, max_grad_norm=1.0, grad_mode=grad_mode, compile=compile)
+        train_step = make_train_step(step_config, schedule)
         state = {"params": initial, "opt": adamw_init(initial), "step": 0}
 
         def step() -> None:
@@ -84,6 +83,7 @@ def main() -> None:
     }
     if not args.no_compile:
         variants["module compiled + torch.optim.AdamW"] = module(compile=True)
+        variants["pure step compiled (autograd.grad)"] = pure("autograd", compile=True)
         variants["pure step compiled (torch.func)"] = pure("func", compile=True)
 
     print(f"config: {config}\nbatch {args.batch} x context {args.context}, torch {torch.__version__}, "

@@ -33,7 +33,7 @@ from core.config import ModelConfig
 from core.optim import AdamWHParams, adamw_init
 from core.schedule import cosine_schedule
 from core.tokenizer import Tokenizer
-from core.train_step import StepConfig, loss_fn, make_grad_and_value, make_train_step
+from core.train_step import StepConfig, loss_fn, make_train_step
 from params.init import count_params, init_params
 from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
 from pipelines.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
@@ -80,6 +80,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         max_grad_norm=config.max_grad_norm,
         grad_mode=config.grad_mode,  # type: ignore[arg-type]
         autocast=autocast_for(device),
+        compile=config.compile,
     )
     schedule = partial(
         cosine_schedule,
@@ -88,8 +89,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         warmup_iters=config.warmup_steps,
         cosine_cycle_iters=config.decay_steps,
     )
-    grad_and_value = make_grad_and_value(step_config)
-    train_step = make_train_step(step_config, schedule, torch.compile(grad_and_value) if config.compile else grad_and_value)
+    train_step = make_train_step(step_config, schedule)
 
     data_generator = torch.Generator().manual_seed(config.seed + 1)
     if saved is None:

@@ -16,7 +16,7 @@ import orjson
 
 from core.config import ModelConfig
 
-GRAD_MODES = ("func", "autograd")
+GRAD_MODES = ("autograd", "func")
 
 # The handout's TinyStories baseline (§7.2): 17M non-embedding parameters, batch x steps x context
 # = 128 x 10,000 x 256 = 327,680,000 tokens. The handout leaves the optimiser to be tuned; these
@@ -73,7 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     device: str = "auto"  # auto: cuda > mps > cpu
     compile: bool = False
-    grad_mode: str = "func"
+    grad_mode: str = "autograd"  # or "func" (torch.func.grad_and_value); see bench/train.py
     seed: int = 0
     run_dir: str | None = None  # None: runs/<dataset>-<time>
     wandb: bool = False
