@@ -52,6 +52,7 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
+    num_valid_tokens: int | None = None,
 ) -> list[int]:
     """Sample up to `max_new_tokens` tokens after `prompt_ids`; stops early after `eos_id`.
 
@@ -61,7 +62,9 @@ def generate(
     the sequence outgrows the context, both condition on its last `context_length` tokens.
 
     Sampling happens on the CPU (with a CPU `generator`, or torch's global RNG when None), so a
-    seed gives the same story whatever device the model is on.
+    seed gives the same story whatever device the model is on. `num_valid_tokens` restricts
+    sampling to ids below it: a tokenizer that ran out of merges before the model's vocab_size
+    leaves embedding rows that no data ever trained and no tokenizer can decode.
     """
     if len(prompt_ids) == 0:
         raise ValueError("generate needs a non-empty prompt (e.g. the <|endoftext|> id)")
@@ -81,7 +84,10 @@ def generate(
         else:  # first step, or the window slid: positions changed, so the cache starts over
             cache = init_kv_cache(config, 1, device=device, dtype=dtype)
             logits, cache = forward_cached(params, torch.tensor([window], device=device), config, cache)
-        probs = next_token_probs(logits[0, -1].cpu(), temperature, top_p)
+        last = logits[0, -1].cpu()
+        if num_valid_tokens is not None:
+            last[num_valid_tokens:] = float("-inf")
+        probs = next_token_probs(last, temperature, top_p)
         token = int(torch.multinomial(probs, 1, generator=generator))
         tokens.append(token)
         new_tokens.append(token)

@@ -64,7 +64,10 @@ def sample_stories(
     generator = torch.Generator().manual_seed(seed)
     stories = []
     for _ in range(num_samples):
-        ids = generate(params, config, prompt_ids, max_tokens, temperature, top_p, generator, eos_id)
+        ids = generate(
+            params, config, prompt_ids, max_tokens, temperature, top_p, generator, eos_id,
+            num_valid_tokens=max(tokenizer.vocab) + 1,
+        )
         stories.append(prompt + tokenizer.decode([i for i in ids if i != eos_id]))
     return stories
 

@@ -225,6 +225,9 @@ def _open_data(config: TrainConfig, run_dir: Path) -> _Data:
     if files.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
         shutil.copytree(files.tokenizer, run_dir / TOKENIZER_DIR)
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    if tokenizer is not None and len(tokenizer.vocab) < config.model.vocab_size:
+        print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {config.model.vocab_size} "
+              "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
     starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval_windows)
     return _Data(train_tokens, valid_tokens, starts, tokenizer)
 

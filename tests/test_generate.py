@@ -106,3 +106,12 @@ def test_a_run_trained_on_text_generates_stories(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     main(["--run", str(run_dir), "--prompt", "The cat", "--max-tokens", "5", "--seed", "3"])
     assert capsys.readouterr().out.startswith("The cat")
+
+
+def test_sampling_can_be_kept_to_the_ids_a_tokenizer_knows(params):
+    # A tokenizer with fewer ids than the model's vocabulary: the rest must never be drawn.
+    ids = generate(params, CONFIG, [1, 2], 200, temperature=2.0, generator=torch.Generator().manual_seed(0),
+                   num_valid_tokens=7)
+    assert max(ids) < 7
+    unrestricted = generate(params, CONFIG, [1, 2], 200, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    assert max(unrestricted) >= 7
