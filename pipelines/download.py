@@ -29,7 +29,7 @@ def fetch_tinystories(dest: Path) -> Path:
         except (urllib.error.URLError, OSError) as error:
             shared = Path("../shared/data")
             hint = f" For a small local sample: --data {shared}" if shared.is_dir() else ""
-            raise RuntimeError(
+            raise FileNotFoundError(
                 f"could not download {TINYSTORIES_URL + name} ({error}). Without a network, put "
                 f"{TINYSTORIES_FILES['train']} and {TINYSTORIES_FILES['valid']} into {dest}/, or pass "
                 f"--data DIR with train/valid text files (e.g. train.txt, valid.txt) or encoded .npy.{hint}"

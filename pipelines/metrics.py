@@ -57,7 +57,7 @@ def import_wandb() -> Any:
     try:
         import wandb
     except ImportError as error:
-        raise RuntimeError(
+        raise ImportError(
             "--wandb needs the wandb package: pip install wandb (or pip install -e '.[wandb]'); "
             "set WANDB_MODE=offline to log without a network and `wandb sync` later"
         ) from error

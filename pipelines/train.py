@@ -323,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             config = resolve_config(args.dataset, args.preset, overrides, config_file=args.config)
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    run_dir = train(config, resume=args.resume)
+    try:
+        run_dir = train(config, resume=args.resume)
+    except (OSError, ValueError, ImportError) as error:  # missing data, occupied run dir, bad tokens...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     status = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"]
     if status == "interrupted":
         print(f"resume with: just train --resume --run-dir {run_dir}", file=sys.stderr)

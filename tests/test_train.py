@@ -212,7 +212,7 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
 
     monkeypatch.setattr(download, "download", offline)
     config = resolve_config("tinystories", "cpu-small", {**TINY, "run_dir": str(tmp_path / "run"), "max_steps": 1})
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(FileNotFoundError) as error:
         train(config)
     message = str(error.value)
     assert "TinyStoriesV2-GPT4-train.txt" in message and "TinyStoriesV2-GPT4-valid.txt" in message
@@ -222,6 +222,6 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
 def test_asking_for_wandb_without_it_installed_fails_before_any_work(token_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed, wherever the suite runs
     config = tiny_config(token_dir, tmp_path / "run", max_steps=2, wandb=True)
-    with pytest.raises(RuntimeError, match="pip install wandb"):
+    with pytest.raises(ImportError, match="pip install wandb"):
         train(config)
     assert not (tmp_path / "run").exists()
