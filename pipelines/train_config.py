@@ -184,9 +184,10 @@ def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag-name` per ModelConfig and TrainConfig field, plus `--set field=value`."""
+    """One `--flag-name` per ModelConfig and TrainConfig field (but `dataset`, which picks the
+    presets and is the CLI's positional argument), plus `--set field=value`."""
     group = parser.add_argument_group("config fields (override the preset)")
-    for name, annotation in {**_model_field_types(), **_field_types()}.items():
+    for name, annotation in _overridable_types().items():
         flag = "--" + name.replace("_", "-")
         kind = _base_type(annotation)
         if kind is bool:
@@ -198,7 +199,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The typed overrides given on the command line (flags and --set), by field name."""
-    types_by_name = {**_model_field_types(), **_field_types()}
+    types_by_name = _overridable_types()
     raw = {name: getattr(args, name) for name in types_by_name if hasattr(args, name)}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -244,6 +245,12 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         ok = True
     if not ok:
         raise ValueError(f"TrainConfig.{name} must be {kind.__name__}, got {value!r}")
+
+
+def _overridable_types() -> dict[str, Any]:
+    types_by_name = {**_model_field_types(), **_field_types()}
+    del types_by_name["dataset"]
+    return types_by_name
 
 
 def _field_types() -> dict[str, Any]:
