@@ -15,6 +15,9 @@ import orjson
 import pytest
 import torch
 
+from core.optim import AdamWHParams, adamw_init
+from core.train_step import StepConfig, make_train_step
+from params.init import init_params
 from params.tree import flatten
 from pipelines import download, train as train_module
 from pipelines.checkpoint import load_training_state
@@ -225,3 +228,21 @@ def test_asking_for_wandb_without_it_installed_fails_before_any_work(token_dir, 
     with pytest.raises(ImportError, match="pip install wandb"):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("grad_mode", ["autograd", "func"])
+def test_the_step_under_bf16_autocast_keeps_float32_state(grad_mode):
+    # The CUDA path autocasts to bf16; the CPU autocast exercises the same plumbing here.
+    config = resolve_config("tinystories", "cpu-small", TINY).model
+    step_config = StepConfig(config, AdamWHParams(), max_grad_norm=1.0, grad_mode=grad_mode, autocast=("cpu", torch.bfloat16))
+    train_step = make_train_step(step_config, lambda step: 1e-2)
+    params = init_params(config, torch.Generator().manual_seed(0))
+    opt_state = adamw_init(params)
+    tokens = torch.randint(0, config.vocab_size, (4, config.context_length + 1), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for step in range(5):
+        params, opt_state, metrics = train_step(params, opt_state, (tokens[:, :-1], tokens[:, 1:]), step)
+        losses.append(float(metrics["loss"]))
+    assert all(t.dtype == torch.float32 for t in flatten(params).values())
+    assert all(t.dtype == torch.float32 for t in flatten(opt_state["v"]).values())
+    assert losses[-1] < losses[0]
