@@ -3,7 +3,7 @@
     python -m pipelines.experiment_log runs/study/lr runs/study/batch --out docs/experiments.md --figures docs/figures
 
 For each sweep directory (made by pipelines/sweep.py) it writes a section with the sweep's summary
-table and a validation-loss figure (against steps and against wall-clock seconds, y-axis clipped
+table and a validation-loss figure (against steps, tokens and wall-clock seconds; y-axis clipped
 so that a divergent run does not flatten the others) into the `--figures` folder, then the samples
 of the run with the lowest validation loss. The result replaces whatever lies between the markers
 
@@ -41,40 +41,44 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -> Path:
-    """Validation loss of each run against steps and wall-clock seconds; a divergent run ends in an x."""
+    """Validation loss of each run against steps, tokens and wall-clock seconds, on a log scale
+    clipped at most 8 nats above the best final loss, so divergent runs show as curves leaving
+    the top (their last point marked x) without flattening the others."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    finals = []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
+    finals, highest = [], 0.0
     for index, row in enumerate(rows):
         if not (Path(row["run_dir"]) / "metrics.jsonl").exists():
             continue
         valid = [r for r in read_metrics(row["run_dir"]) if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
         if not valid:
             continue
-        finals.append(min(r["val_loss"] for r in valid))
+        finals.append(valid[-1]["val_loss"])
+        highest = max(highest, *(r["val_loss"] for r in valid))
         label = row["name"] + (" (diverged)" if row["status"] == "diverged" else "")
-        for axis, x in ((by_step, "step"), (by_time, "wall")):
-            axis.plot([r[x] for r in valid], [r["val_loss"] for r in valid], color=f"C{index % 10}", marker="o", ms=3, label=label)
+        for axis, x in zip(axes, ("step", "tokens", "wall")):
+            axis.plot([r[x] for r in valid], [r["val_loss"] for r in valid], color=colours(index), marker="o", ms=3,
+                      label=label if axis is axes[0] else None)
             if row["status"] == "diverged":
                 axis.plot(valid[-1][x], valid[-1]["val_loss"], "kx", ms=9)
     if finals:
-        # From just under the best loss to a little above the worst converged one.
-        low, high = min(finals), sorted(finals)[len(finals) // 2]
-        by_step.set_ylim(low - 0.1, high + max(1.0, 2 * (high - low)))
-    by_step.set_xlabel("step")
-    by_time.set_xlabel("wall-clock seconds")
-    by_step.set_ylabel("validation loss (nats/token)")
-    for axis in (by_step, by_time):
-        axis.grid(alpha=0.3)
-    by_time.legend(fontsize="small")
+        low = min(finals)
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(low * 0.97, min(highest * 1.05, low + 8))
+    for axis, label in zip(axes, ("step", "tokens", "wall-clock seconds")):
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("validation loss (nats/token, log scale)")
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    fig.savefig(out_png, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return out_png
 
