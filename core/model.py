@@ -30,21 +30,19 @@ def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device
 
 
 def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None) -> tuple[Tensor, KV]:
-    def attend(h: Tensor) -> tuple[Tensor, KV]:
-        return multihead_self_attention_step(params["attn"], h, config.num_heads, rotation=rotation, past=past)
-
-    eps = config.rmsnorm_eps
+    attn, ffn, eps = params["attn"], params["ffn"], config.rmsnorm_eps
     if config.norm == "pre":
-        attended, kv = attend(rmsnorm(params["ln1"]["weight"], x, eps))
+        attended, kv = multihead_self_attention_step(
+            attn, rmsnorm(params["ln1"]["weight"], x, eps), config.num_heads, rotation=rotation, past=past
+        )
         h = x + attended
-        return h + feed_forward(params["ffn"], rmsnorm(params["ln2"]["weight"], h, eps), config), kv
+        return h + feed_forward(ffn, rmsnorm(params["ln2"]["weight"], h, eps), config), kv
+    attended, kv = multihead_self_attention_step(attn, x, config.num_heads, rotation=rotation, past=past)
     if config.norm == "post":
-        attended, kv = attend(x)
         h = rmsnorm(params["ln1"]["weight"], x + attended, eps)
-        return rmsnorm(params["ln2"]["weight"], h + feed_forward(params["ffn"], h, config), eps), kv
-    attended, kv = attend(x)
+        return rmsnorm(params["ln2"]["weight"], h + feed_forward(ffn, h, config), eps), kv
     h = x + attended
-    return h + feed_forward(params["ffn"], h, config), kv
+    return h + feed_forward(ffn, h, config), kv
 
 
 def transformer_block(
