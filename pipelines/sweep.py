@@ -5,9 +5,9 @@
 
 CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config.json, applied over
 the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
-every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant` (one set of
-assignments joined by `+`, or `base` for none, optionally named, the name without "=": `NAME:F=V+F=V`); `--set
-FIELD=VALUE` applies to them all.
+every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant`: assignments joined
+by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`NAME:F=V+F=V`).
+`--set FIELD=VALUE` applies to them all.
 
 Each variant trains in a subprocess (`python -m pipelines.train`) in its own run directory under
 the sweep directory, so a crash or a divergence ends that run only, and several can run side by
