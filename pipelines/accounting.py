@@ -190,9 +190,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             train = resolve_config(dataset, preset or "baseline", overrides)
             config, steps, batch = train.model, train.max_steps, train.batch_size
         else:
+            required = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads"]
+            missing = ["--" + name.replace("_", "-") for name in required if name not in overrides]
+            if missing:
+                raise ValueError(f"without --preset, give {', '.join(missing)} too")
             config, steps, batch = ModelConfig(**overrides), 10_000, 1
         print(config_report(config, args.steps or steps, args.batch_size or batch, args.peak_flops, args.mfu))
-    except (ValueError, TypeError) as error:
+    except ValueError as error:
         parser.error(str(error))
 
 
