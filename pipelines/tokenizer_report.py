@@ -14,6 +14,7 @@ and single-process encoding throughput with the implied time for the 825 GB Pile
 
 import argparse
 import math
+import os
 import random
 import resource
 import time
@@ -138,7 +139,9 @@ def report(data: Path, cache: Path, samples: int, seed: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with tinystories_train.txt, owt_sample.txt")
+    default_data = Path(os.environ.get("LMKIT_SHARED", "../shared")) / "data"
+    parser.add_argument("--data", type=Path, default=default_data, help=f"folder with {CORPORA[0].train_file}, "
+                        f"{CORPORA[1].train_file} (default: $LMKIT_SHARED/data, else ../shared/data)")
     parser.add_argument("--cache", type=Path, help="tokenizer cache (default: $LMKIT_CACHE/tokenizer-report)")
     parser.add_argument("--samples", type=int, default=10, help="documents sampled per corpus")
     parser.add_argument("--seed", type=int, default=0)
