@@ -24,9 +24,12 @@ def rope_table(
     d_k: int, theta: float, max_seq_len: int, device: torch.device
 ) -> tuple[Float[Tensor, "max_seq_len half_d_k"], Float[Tensor, "max_seq_len half_d_k"]]:
     """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device)."""
-    inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
-    angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
-    return angles.cos().float(), angles.sin().float()
+    # Built outside any torch.func transform: a tensor made inside torch.func.grad is wrapped for
+    # that transform, and a cached wrapper would outlive it (torch.compile then fails on it).
+    with torch._C._DisableFuncTorch():
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
+        return angles.cos().float(), angles.sin().float()
 
 
 def rope_rotation(

@@ -221,3 +221,13 @@ def test_bf16_forward_stays_close_to_float32():
     half = forward(init_params(config, torch.Generator().manual_seed(0), dtype=torch.bfloat16), tokens, config)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), forward(params, tokens, config), atol=0.1, rtol=0.05)
+
+
+def test_rope_table_first_built_inside_torch_func_grad_is_a_plain_tensor():
+    def loss(x):
+        cos, _ = rope_table(6, 123.0, 8, x.device)
+        return (x * cos[1, 0]).sum()
+
+    torch.func.grad(loss)(torch.ones(3))
+    cos, _ = rope_table(6, 123.0, 8, torch.device("cpu"))
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(cos)
