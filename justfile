@@ -62,3 +62,11 @@ tokenizer-report *ARGS: setup
 # run one benchmark, side by side with its peer: `just bench model`
 bench NAME *ARGS: setup
     {{python}} -m bench.{{NAME}} {{ARGS}}
+
+# tables and figures of docs/experiments.md from sweep dirs: `just experiment-log runs/study/lr ... --out docs/experiments.md`
+experiment-log *ARGS: setup
+    {{python}} -m pipelines.experiment_log {{ARGS}}
+
+# the unicode1/unicode2 answers of docs/writeup.md, run
+unicode-demo: setup
+    {{python}} -m pipelines.unicode_demo

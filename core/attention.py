@@ -15,17 +15,21 @@ KV = tuple[Tensor, Tensor]
 Rotation = tuple[Tensor, Tensor]
 
 
-# Kept out of compiled graphs (one graph break): traced, inductor fuses the float64 cos/sin into
-# every rotation and recomputes them per element, a fifth of a small model's training step on the
-# CPU. Outside, the table is computed once, cached, and enters the graph as an input.
-@torch.compiler.disable
-@lru_cache(maxsize=32)
+@torch.compiler.assume_constant_result
 def rope_table(
     d_k: int, theta: float, max_seq_len: int, device: torch.device
 ) -> tuple[Float[Tensor, "max_seq_len half_d_k"], Float[Tensor, "max_seq_len half_d_k"]]:
-    """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device)."""
+    """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device).
+
+    A constant of compiled graphs: traced instead, inductor fuses the table's float64 cos/sin into
+    every rotation and recomputes them per element (a fifth of a small model's step on the CPU)."""
+    return _rope_table(d_k, float(theta), max_seq_len, device)
+
+
+@lru_cache(maxsize=32)
+def _rope_table(d_k: int, theta: float, max_seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
     # Built outside any torch.func transform: a tensor made inside torch.func.grad is wrapped for
-    # that transform, and a cached wrapper would outlive it (torch.compile then fails on it).
+    # that transform, and a cached wrapper would outlive it.
     with torch._C._DisableFuncTorch():
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
         angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq

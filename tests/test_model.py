@@ -231,3 +231,21 @@ def test_rope_table_first_built_inside_torch_func_grad_is_a_plain_tensor():
     torch.func.grad(loss)(torch.ones(3))
     cos, _ = rope_table(6, 123.0, 8, torch.device("cpu"))
     assert not torch._C._functorch.is_functorch_wrapped_tensor(cos)
+
+
+def test_compiled_forward_and_func_grad_match_eager():
+    from core.loss import cross_entropy
+    from core.model import forward
+
+    config = small_config(num_layers=1)
+    params = init_params(config, torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def loss(p):
+        return cross_entropy(forward(p, tokens[:, :-1], config), tokens[:, 1:])
+
+    compiled_grads, compiled_loss = torch.compile(torch.func.grad_and_value(loss))(params)
+    grads, value = torch.func.grad_and_value(loss)(params)
+    torch.testing.assert_close(compiled_loss, value, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flatten(compiled_grads), flatten(grads), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.compile(forward)(params, tokens, config), forward(params, tokens, config), atol=1e-5, rtol=1e-5)
