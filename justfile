@@ -1,5 +1,7 @@
 # Every recipe sets up what it needs: a .venv with the project installed (see `setup`).
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Arguments reach the commands as "$@", so quoted ones ("Once upon a time", '<|endoftext|>') stay whole.
+set positional-arguments := true
 
 venv := ".venv"
 python := venv / "bin/python"
@@ -25,47 +27,47 @@ setup:
 
 # run the test suite with runtime shape checking (jaxtyping + beartype over core and params)
 test *ARGS: setup
-    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker {{ARGS}}
+    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker "$@"
 
 # train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max-steps 200`
 train *ARGS: setup
-    {{python}} -m pipelines.train {{ARGS}}
+    {{python}} -m pipelines.train "$@"
 
 # train a byte-level BPE tokenizer: `just train-tokenizer INPUT --vocab-size N --special '<|endoftext|>' --out DIR`
 train-tokenizer *ARGS: setup
-    {{python}} -m pipelines.train_tokenizer {{ARGS}}
+    {{python}} -m pipelines.train_tokenizer "$@"
 
 # encode a text file to a .npy of token ids: `just tokenize INPUT --tokenizer DIR --out FILE.npy`
 tokenize *ARGS: setup
-    {{python}} -m pipelines.tokenize {{ARGS}}
+    {{python}} -m pipelines.tokenize "$@"
 
 # sample from a trained run: `just generate --run DIR --prompt "Once upon a time"`
 generate *ARGS: setup
-    {{python}} -m pipelines.generate {{ARGS}}
+    {{python}} -m pipelines.generate "$@"
 
 # draw learning curves of one or more runs to PNG: `just plot RUN...`
 plot *ARGS: setup
-    {{python}} -m pipelines.plot {{ARGS}}
+    {{python}} -m pipelines.plot "$@"
 
 # run a grid of training variants: `just sweep CONFIG --vary lr=1e-4,1e-3`
 sweep *ARGS: setup
-    {{python}} -m pipelines.sweep {{ARGS}}
+    {{python}} -m pipelines.sweep "$@"
 
 # parameter, FLOP, memory and time accounting for model configs
 accounting *ARGS: setup
-    {{python}} -m pipelines.accounting {{ARGS}}
+    {{python}} -m pipelines.accounting "$@"
 
 # tokenizer experiments: compression, throughput, longest tokens
 tokenizer-report *ARGS: setup
-    {{python}} -m pipelines.tokenizer_report {{ARGS}}
+    {{python}} -m pipelines.tokenizer_report "$@"
 
 # run one benchmark, side by side with its peer: `just bench model`
 bench NAME *ARGS: setup
-    {{python}} -m bench.{{NAME}} {{ARGS}}
+    {{python}} -m bench.{{NAME}} "${@:2}"
 
 # tables and figures of docs/experiments.md from sweep dirs: `just experiment-log runs/study/lr ... --out docs/experiments.md`
 experiment-log *ARGS: setup
-    {{python}} -m pipelines.experiment_log {{ARGS}}
+    {{python}} -m pipelines.experiment_log "$@"
 
 # the unicode1/unicode2 answers of docs/writeup.md, run
 unicode-demo: setup
