@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from core.tree import Tree, tree_leaves, tree_map, tree_structure, tree_unflatten
+from core.tree import Tree, tree_flatten, tree_map, tree_unflatten
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def adamw_update(
     grads: Tree, state: dict[str, Any], params: Tree, hparams: AdamWHParams, lr: float
 ) -> tuple[Tree, dict[str, Any]]:
     """One AdamW step. `grads`, `params` and the moments in `state` share one tree structure."""
-    param_leaves, spec = tree_leaves(params), tree_structure(params)
+    param_leaves, spec = tree_flatten(params)
     grad_leaves = _leaves_like(grads, spec, "grads")
     m_leaves = _leaves_like(state["m"], spec, "state['m']")
     v_leaves = _leaves_like(state["v"], spec, "state['v']")
@@ -60,28 +60,38 @@ def adamw_update(
     bias_correction1 = 1.0 - beta1**step
     bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
 
+    # New tensors for the new state, then in-place foreach ops on them: on the CPU the out-of-place
+    # foreach variants (_foreach_lerp, _foreach_mul) take several times as long as a copy plus the
+    # in-place op.
+    m_leaves, v_leaves, new_leaves = (_copies(leaves) for leaves in (m_leaves, v_leaves, param_leaves))
+
     # m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2
-    m_leaves = torch._foreach_lerp(m_leaves, grad_leaves, 1.0 - beta1)
-    v_leaves = torch._foreach_mul(v_leaves, beta2)
+    torch._foreach_lerp_(m_leaves, grad_leaves, 1.0 - beta1)
+    torch._foreach_mul_(v_leaves, beta2)
     torch._foreach_addcmul_(v_leaves, grad_leaves, grad_leaves, value=1.0 - beta2)
 
     # theta <- theta (1 - lr wd) - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
-    denom = torch._foreach_sqrt(v_leaves)
+    denom = _copies(v_leaves)
+    torch._foreach_sqrt_(denom)
     torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, hparams.eps)
-    new_leaves = torch._foreach_mul(param_leaves, 1.0 - lr * hparams.weight_decay)
+    torch._foreach_mul_(new_leaves, 1.0 - lr * hparams.weight_decay)
     torch._foreach_addcdiv_(new_leaves, m_leaves, denom, value=-lr / bias_correction1)
 
     new_state = {
         "step": step,
-        "m": tree_unflatten(list(m_leaves), spec),
-        "v": tree_unflatten(list(v_leaves), spec),
+        "m": tree_unflatten(m_leaves, spec),
+        "v": tree_unflatten(v_leaves, spec),
     }
-    return tree_unflatten(list(new_leaves), spec), new_state
+    return tree_unflatten(new_leaves, spec), new_state
+
+
+def _copies(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [leaf.clone() for leaf in leaves]
 
 
 def _leaves_like(tree: Tree, spec: Any, name: str) -> list[torch.Tensor]:
-    tree_spec = tree_structure(tree)
+    leaves, tree_spec = tree_flatten(tree)
     if tree_spec != spec:
         raise ValueError(f"AdamW: {name} does not have the structure of params ({tree_spec} vs {spec})")
-    return tree_leaves(tree)
+    return leaves

@@ -22,7 +22,7 @@ from core.config import ModelConfig
 from core.loss import cross_entropy
 from core.model import forward
 from core.optim import AdamWHParams, adamw_update
-from core.tree import Tree, tree_leaves, tree_map, tree_structure, tree_unflatten
+from core.tree import Tree, tree_flatten, tree_unflatten
 
 GradMode = Literal["func", "autograd"]
 
@@ -72,10 +72,11 @@ def make_grad_and_value(config: StepConfig) -> Callable[[Tree, Tensor, Tensor], 
 
     def autograd_grad_and_value(params: Tree, x: Tensor, y: Tensor) -> tuple[Tree, Tensor]:
         # Fresh leaves that require grad: the caller's tensors are left untouched.
-        params = tree_map(lambda p: p.detach().requires_grad_(), params)
-        value = loss(params, x, y)
-        grads = torch.autograd.grad(value, tree_leaves(params))
-        return tree_unflatten(list(grads), tree_structure(params)), value.detach()
+        leaves, spec = tree_flatten(params)
+        leaves = [leaf.detach().requires_grad_() for leaf in leaves]
+        value = loss(tree_unflatten(leaves, spec), x, y)
+        grads = torch.autograd.grad(value, leaves)
+        return tree_unflatten(list(grads), spec), value.detach()
 
     return autograd_grad_and_value
 

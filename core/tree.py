@@ -18,6 +18,11 @@ def tree_leaves(tree: Tree) -> list[Any]:
     return _pytree.tree_leaves(tree)
 
 
+def tree_flatten(tree: Tree) -> tuple[list[Any], Any]:
+    """The leaves and the structure in one traversal (cheaper than tree_leaves + tree_structure)."""
+    return _pytree.tree_flatten(tree)
+
+
 def tree_structure(tree: Tree) -> Any:
     return _pytree.tree_structure(tree)
 
