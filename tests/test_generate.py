@@ -14,14 +14,7 @@ from pipelines.train_config import resolve_config
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: intra-op threads gain nothing, and on a loaded machine their
-    spin-waits turn milliseconds into seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
