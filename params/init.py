@@ -1,7 +1,8 @@
 """Building parameter pytrees: the model's shapes by name, and the handout's initialisation.
 
 Linear weights: truncated normal, std sqrt(2 / (d_in + d_out)), cut at 3 std; embeddings: std 1,
-cut at 3; RMSNorm gains: ones. Randomness comes only from the generator passed in."""
+cut at 3; RMSNorm gains: ones. Randomness comes only from the generator passed in (None, for the
+module shells only: torch's global RNG, as torch's own modules do)."""
 
 import math
 from typing import Literal
@@ -44,7 +45,7 @@ def param_shapes(config: ModelConfig) -> Shapes:
     return shapes
 
 
-def init_tensor(kind: Kind, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+def init_tensor(kind: Kind, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     if kind == "norm":
         return torch.ones(shape)
     std = 1.0 if kind == "embedding" else math.sqrt(2.0 / (shape[0] + shape[1]))
@@ -52,7 +53,7 @@ def init_tensor(kind: Kind, shape: tuple[int, ...], generator: torch.Generator) 
 
 
 def init_from_shapes(
-    shapes: Shapes, generator: torch.Generator, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    shapes: Shapes, generator: torch.Generator | None, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tree:
     # Drawn on the CPU, where the generator lives, so a seed gives the same model on every device.
     flat = {name: init_tensor(kind, shape, generator).to(device=device, dtype=dtype) for name, (kind, shape) in shapes.items()}

@@ -35,7 +35,8 @@ class PytreeModule(nn.Module):
 
 
 def _init(shapes: Shapes, generator: torch.Generator | None, device, dtype) -> Tree:
-    return init_from_shapes(shapes, generator or torch.Generator().manual_seed(0), device=device, dtype=dtype)
+    # Like torch's own modules, a shell built without a generator draws from torch's global RNG.
+    return init_from_shapes(shapes, generator, device=device, dtype=dtype)
 
 
 class Linear(PytreeModule):

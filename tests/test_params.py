@@ -104,3 +104,13 @@ def test_runtime_shape_checking_catches_a_wrong_shape():
 
     with pytest.raises(TypeCheckError, match="d_in"):
         layers.linear(torch.zeros(3, 4), torch.zeros(2, 5))
+
+
+def test_module_shells_without_a_generator_draw_from_torchs_rng():
+    from params.modules import Linear
+
+    torch.manual_seed(0)
+    a, b = Linear(8, 8), Linear(8, 8)
+    assert not torch.equal(a.weight, b.weight)
+    torch.manual_seed(0)
+    assert torch.equal(Linear(8, 8).weight, a.weight)
