@@ -17,8 +17,14 @@ from torch import Tensor
 from core import attention, layers, loss, model
 from core.clip import clip_grad_norm_
 from core.config import ModelConfig
+from core.schedule import cosine_schedule
+from core.tokenizer import Tokenizer
 from params.load import load_params
+from params.optimizer import AdamW
 from params.tree import unflatten
+from pipelines.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.data import get_batch
+from pipelines.train_tokenizer import train_bpe
 
 
 def run_linear(d_in: int, d_out: int, weights: Float[Tensor, " d_out d_in"], in_features: Float[Tensor, " ... d_in"]) -> Float[Tensor, " ... d_out"]:
@@ -147,8 +153,6 @@ def run_silu(in_features: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
 
 
 def run_get_batch(dataset: npt.NDArray, batch_size: int, context_length: int, device: str) -> tuple[Tensor, Tensor]:
-    from pipelines.data import get_batch
-
     return get_batch(dataset, batch_size, context_length, device)
 
 
@@ -165,42 +169,30 @@ def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm:
 
 
 def get_adamw_cls() -> Any:
-    from params.optimizer import AdamW
-
     return AdamW
 
 
 def run_get_lr_cosine_schedule(
     it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int, cosine_cycle_iters: int
 ) -> float:
-    from core.schedule import cosine_schedule
-
     return cosine_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters)
 
 
 def run_save_checkpoint(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: str | os.PathLike | BinaryIO | IO[bytes]
 ) -> None:
-    from pipelines.checkpoint import save_checkpoint
-
     save_checkpoint(model, optimizer, iteration, out)
 
 
 def run_load_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    from pipelines.checkpoint import load_checkpoint
-
     return load_checkpoint(src, model, optimizer)
 
 
 def get_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str] | None = None) -> Any:
-    from core.tokenizer import Tokenizer
-
     return Tokenizer(vocab, merges, special_tokens)
 
 
 def run_train_bpe(
     input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    from pipelines.train_tokenizer import train_bpe
-
     return train_bpe(input_path, vocab_size, special_tokens, **kwargs)
