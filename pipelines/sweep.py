@@ -21,8 +21,10 @@ import argparse
 import itertools
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,7 +110,37 @@ def run_status(run_dir: Path) -> str | None:
     return orjson.loads(path.read_bytes())["status"] if path.exists() else None
 
 
-def run_variant(config: TrainConfig, threads: int, log_path: Path) -> str:
+class Trainers:
+    """The training subprocesses of a sweep. A SIGTERM sent to the sweep alone reaches them too
+    (Ctrl-C reaches the terminal's whole process group anyway): each saves a checkpoint and stops
+    as "interrupted", and no further variant starts, so the next call resumes where this one ended."""
+
+    def __init__(self) -> None:
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+        self.lock = threading.Lock()
+
+    def run(self, command: list[str], **popen_args: Any) -> int | None:
+        """The command's exit code, or None when the sweep is stopping and it was not started."""
+        with self.lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(command, **popen_args)
+            self.running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.running.discard(process)
+
+    def stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        with self.lock:
+            self.stopping = True
+            for process in self.running:
+                process.send_signal(signal.SIGTERM)
+
+
+def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Trainers) -> str:
     """Train one variant in a subprocess (resuming it when a checkpoint exists); returns its status,
     or "failed" when the trainer died without writing a summary."""
     run_dir = Path(config.run_dir)
@@ -121,7 +153,9 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path) -> str:
     # Torch reads OMP_NUM_THREADS when it starts: runs side by side must not fight over the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(log_path, "ab") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        returncode = trainers.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if returncode is None:
+        return "not started (the sweep was stopped)"
     return run_status(run_dir) or f"failed (exit {returncode}; see {log_path})"
 
 
@@ -204,13 +238,21 @@ def sweep(
         if name not in todo:
             print(f"{name}: already {run_status(out / name)}, skipped", file=sys.stderr)
 
+    trainers = Trainers()
+
     def one(name: str) -> None:
         print(f"{name}: training ({out / name})", file=sys.stderr)
-        status = run_variant(configs[name], threads, out / f"{name}.log")
+        status = run_variant(configs[name], threads, out / f"{name}.log", trainers)
         print(f"{name}: {status}", file=sys.stderr)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, todo))
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, trainers.stop) if on_main_thread else None
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, todo))
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return write_summary(out, list(configs), title=out.name)
 
 

@@ -79,3 +79,34 @@ def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     assert text.startswith("# Notes") and text.endswith("More narrative.\n") and "old" not in text
     assert "| lr=1e6 | diverged |" in text and "](figures/sweep.png)" in text
     assert (tmp_path / "docs" / "figures" / "sweep.png").stat().st_size > 0
+
+
+def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, data_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "sweep"
+    settings = [s for s in TINY if not s.startswith(("max_steps", "log_every", "checkpoint_every"))]
+    command = [
+        sys.executable, "-m", "pipelines.sweep", "tinystories/cpu-small", "--vary", "seed=0,1", "--out", str(out),
+        "--threads", "1", "--set", f"data={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
+        "--set", "checkpoint_every=1000000", *[item for pair in settings for item in ("--set", pair)],
+    ]
+    root = Path(__file__).parent.parent
+    sweep = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    metrics = out / "seed=0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 3):
+        assert sweep.poll() is None, sweep.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, "the first variant logged nothing within 120 s"
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=120)
+    first = orjson.loads((out / "seed=0" / "summary.json").read_bytes())
+    assert first["status"] == "interrupted"
+    assert (out / "seed=0" / "checkpoints" / "last.pt").exists()
+    assert b"seed=1: not started (the sweep was stopped)" in stderr
