@@ -1,8 +1,26 @@
 """Shared helpers for the side-by-side benchmarks: interleaved timing and a plain table."""
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
+
+from core.config import ModelConfig
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, context: int, d_model: int, heads: int, vocab: int, layers: int = 4) -> None:
+    """The model-shape flags every benchmark takes, with that benchmark's defaults."""
+    parser.add_argument("--context", type=int, default=context)
+    parser.add_argument("--d-model", type=int, default=d_model)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--heads", type=int, default=heads)
+    parser.add_argument("--vocab", type=int, default=vocab)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
+    )
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:

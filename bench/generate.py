@@ -12,27 +12,20 @@ import time
 
 import torch
 
-from bench.common import print_table
-from core.config import ModelConfig
+from bench.common import add_model_arguments, model_config, print_table
 from core.sampling import generate
 from params.init import init_params
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=2048)
+    add_model_arguments(parser, context=256, d_model=128, heads=4, vocab=2048)
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    config = ModelConfig(
-        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
-    )
+    config = model_config(args)
     params = init_params(config, torch.Generator().manual_seed(0))
     prompt = list(range(1, args.prompt_tokens + 1))
 

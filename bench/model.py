@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from bench.common import print_table, time_interleaved
+from bench.common import add_model_arguments, model_config, print_table, time_interleaved
 from core.config import ModelConfig
 from core.layers import softmax
 from core.loss import cross_entropy
@@ -101,18 +101,12 @@ class ModuleLM(nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=10_000)
+    add_model_arguments(parser, context=128, d_model=256, heads=8, vocab=10_000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
 
-    config = ModelConfig(
-        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
-    )
+    config = model_config(args)
     params = init_params(config, torch.Generator().manual_seed(0))
     for leaf in flatten(params).values():
         leaf.requires_grad_(True)

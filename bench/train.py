@@ -14,9 +14,8 @@ from functools import partial
 
 import torch
 
-from bench.common import print_table, time_interleaved
+from bench.common import add_model_arguments, model_config, print_table, time_interleaved
 from bench.model import ModuleLM
-from core.config import ModelConfig
 from core.loss import cross_entropy
 from core.optim import AdamWHParams, adamw_init
 from core.schedule import cosine_schedule
@@ -28,18 +27,12 @@ from params.tree import flatten
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=2048)
+    add_model_arguments(parser, context=128, d_model=128, heads=4, vocab=2048)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
 
-    config = ModelConfig(
-        vocab_size=args.vocab, context_length=args.context, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads
-    )
+    config = model_config(args)
     hparams = AdamWHParams(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     schedule = partial(cosine_schedule, max_learning_rate=1e-3, min_learning_rate=1e-4, warmup_iters=10, cosine_cycle_iters=1000)
     generator = torch.Generator().manual_seed(1)
