@@ -37,6 +37,16 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def print_speed_table(times: dict[str, float], tokens_per_step: int, eager_peer: str, compiled_peer: str) -> None:
+    """ms/step, tokens/s and the speed of each variant against its peer (the compiled peer for
+    compiled variants): above 1.0, the variant is faster."""
+    rows = []
+    for name, seconds in times.items():
+        peer = times[compiled_peer if "compiled" in name else eager_peer]
+        rows.append((name, f"{seconds * 1e3:.1f}", f"{tokens_per_step / seconds:,.0f}", f"{peer / seconds:.2f}"))
+    print_table(rows, ("variant", "ms/step", "tokens/s", "speed vs module"))
+
+
 def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:

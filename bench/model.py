@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from bench.common import add_model_arguments, model_config, print_table, time_interleaved
+from bench.common import add_model_arguments, model_config, print_speed_table, time_interleaved
 from core.config import ModelConfig
 from core.layers import softmax
 from core.loss import cross_entropy
@@ -144,16 +144,10 @@ def main() -> None:
         compiled_module = torch.compile(module)
         variants.update({"module compiled": module_step(compiled_module), "pure compiled (autograd)": pure_autograd(compiled_forward)})
 
-    torch.set_num_threads(torch.get_num_threads())
     print(f"config: {config}\nbatch {args.batch} x context {args.context}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} forward+backward steps\n")
     times = time_interleaved(variants, repeats=args.repeats)
-    tokens = args.batch * args.context
-    rows = []
-    for name, seconds in times.items():
-        peer = times["module compiled" if "compiled" in name else "module"]
-        rows.append((name, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{peer / seconds:.2f}"))
-    print_table(rows, ("variant", "ms/step", "tokens/s", "speed vs module"))
+    print_speed_table(times, args.batch * args.context, "module", "module compiled")
 
 
 if __name__ == "__main__":

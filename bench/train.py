@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from bench.common import add_model_arguments, model_config, print_table, time_interleaved
+from bench.common import add_model_arguments, model_config, print_speed_table, time_interleaved
 from bench.model import ModuleLM
 from core.loss import cross_entropy
 from core.optim import AdamWHParams, adamw_init
@@ -82,12 +82,7 @@ def main() -> None:
     print(f"config: {config}\nbatch {args.batch} x context {args.context}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} training steps (warm-up and compilation excluded)\n")
     times = time_interleaved(variants, repeats=args.repeats)
-    tokens = args.batch * args.context
-    rows = []
-    for name, seconds in times.items():
-        peer = times["module compiled + torch.optim.AdamW" if "compiled" in name else "module + torch.optim.AdamW"]
-        rows.append((name, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{peer / seconds:.2f}"))
-    print_table(rows, ("variant", "ms/step", "tokens/s", "speed vs module"))
+    print_speed_table(times, args.batch * args.context, "module + torch.optim.AdamW", "module compiled + torch.optim.AdamW")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def rope_rotation(
     """cos and sin of every position's angles: looked up once per forward pass and shared by the
     queries and keys of every layer. Positions must lie below max_seq_len (not checked here:
     that would sync with the device on every call)."""
-    cos_table, sin_table = rope_table(d_k, float(theta), max_seq_len, positions.device)
+    cos_table, sin_table = rope_table(d_k, theta, max_seq_len, positions.device)
     return cos_table[positions], sin_table[positions]
 
 

@@ -19,12 +19,8 @@ def tree_leaves(tree: Tree) -> list[Any]:
 
 
 def tree_flatten(tree: Tree) -> tuple[list[Any], Any]:
-    """The leaves and the structure in one traversal (cheaper than tree_leaves + tree_structure)."""
+    """The leaves and the structure (for tree_unflatten) in one traversal."""
     return _pytree.tree_flatten(tree)
-
-
-def tree_structure(tree: Tree) -> Any:
-    return _pytree.tree_structure(tree)
 
 
 def tree_unflatten(leaves: list[Any], structure: Any) -> Tree:

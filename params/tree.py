@@ -4,7 +4,7 @@
 
 from torch import Tensor
 
-from core.tree import Tree, tree_leaves, tree_map  # noqa: F401  (the pytree helpers live in core)
+from core.tree import Tree
 
 
 def flatten(tree: Tree, prefix: str = "") -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ from core.accounting import (
 )
 from core.config import ModelConfig
 from core.model import forward
+from core.tree import tree_leaves
 from params.init import count_params, init_params
 from pipelines.accounting import default_report, gpt2
 
@@ -34,7 +35,7 @@ VARIANTS = [
 def test_parameter_count_matches_the_built_pytree(changes):
     config = ModelConfig(**{**SMALL, **changes})
     params = init_params(config, torch.Generator().manual_seed(0))
-    built = sum(leaf.numel() for leaf in torch.utils._pytree.tree_leaves(params))
+    built = sum(leaf.numel() for leaf in tree_leaves(params))
     assert sum(params_by_component(config).values()) == built == count_params(config)
 
 
