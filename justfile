@@ -31,15 +31,15 @@ test *ARGS: setup
 
 # train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max-steps 200`
 train *ARGS: setup
-    {{python}} -m pipelines.train "$@"
+    {{python}} -m pipelines.training.loop "$@"
 
 # train a byte-level BPE tokenizer: `just train-tokenizer INPUT --vocab-size N --special '<|endoftext|>' --out DIR`
 train-tokenizer *ARGS: setup
-    {{python}} -m pipelines.train_tokenizer "$@"
+    {{python}} -m pipelines.tokenizer.train "$@"
 
 # encode a text file to a .npy of token ids: `just tokenize INPUT --tokenizer DIR --out FILE.npy`
 tokenize *ARGS: setup
-    {{python}} -m pipelines.tokenize "$@"
+    {{python}} -m pipelines.tokenizer.encode "$@"
 
 # sample from a trained run: `just generate --run DIR --prompt "Once upon a time"`
 generate *ARGS: setup
@@ -47,19 +47,19 @@ generate *ARGS: setup
 
 # draw learning curves of one or more runs to PNG: `just plot RUN...`
 plot *ARGS: setup
-    {{python}} -m pipelines.plot "$@"
+    {{python}} -m pipelines.experiments.plot "$@"
 
 # run a grid of training variants: `just sweep CONFIG --vary lr=1e-4,1e-3`
 sweep *ARGS: setup
-    {{python}} -m pipelines.sweep "$@"
+    {{python}} -m pipelines.experiments.sweep "$@"
 
 # parameter, FLOP, memory and time accounting for model configs
 accounting *ARGS: setup
-    {{python}} -m pipelines.accounting "$@"
+    {{python}} -m pipelines.experiments.accounting "$@"
 
 # tokenizer experiments: compression, throughput, longest tokens
 tokenizer-report *ARGS: setup
-    {{python}} -m pipelines.tokenizer_report "$@"
+    {{python}} -m pipelines.experiments.tokenizer_report "$@"
 
 # run one benchmark, side by side with its peer: `just bench model`
 bench NAME *ARGS: setup
@@ -67,8 +67,8 @@ bench NAME *ARGS: setup
 
 # tables and figures of docs/experiments.md from sweep dirs: `just experiment-log runs/study/lr ... --out docs/experiments.md`
 experiment-log *ARGS: setup
-    {{python}} -m pipelines.experiment_log "$@"
+    {{python}} -m pipelines.experiments.experiment_log "$@"
 
 # the unicode1/unicode2 answers of docs/writeup.md, run
 unicode-demo: setup
-    {{python}} -m pipelines.unicode_demo
+    {{python}} -m pipelines.experiments.unicode_demo

@@ -30,8 +30,8 @@ import tiktoken
 import tokenizers as hf
 
 from core.tokenizer import Tokenizer
-from pipelines.tokenize import encode_file
-from pipelines.train_tokenizer import default_workers, train_bpe
+from pipelines.tokenizer.encode import encode_file
+from pipelines.tokenizer.train import default_workers, train_bpe
 
 EOT = "<|endoftext|>"
 SHARED = Path(os.environ.get("LMKIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared")).resolve()

@@ -1,7 +1,7 @@
 """Byte-pair-encoding training over pre-token counts.
 
 The text itself is gone by the time we get here: pre-tokenization (see core/pretokenize.py and
-pipelines/train_tokenizer.py) has reduced it to "how often does each pre-token occur". Training
+pipelines/tokenizer/train.py) has reduced it to "how often does each pre-token occur". Training
 repeatedly merges the most frequent adjacent pair of tokens inside those pre-tokens.
 
 Recounting every pair after every merge would cost a pass over all pre-tokens per merge. Instead we

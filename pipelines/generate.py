@@ -15,9 +15,9 @@ from core.config import ModelConfig
 from core.sampling import generate
 from core.tokenizer import Tokenizer
 from core.tree import Tree
-from pipelines.checkpoint import load_training_state
-from pipelines.device import select_device
-from pipelines.runs import TOKENIZER_DIR, checkpoint_path
+from pipelines.training.checkpoint import load_training_state
+from pipelines.training.device import select_device
+from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
 
 EOS = "<|endoftext|>"
 

@@ -22,9 +22,9 @@ from core.tokenizer import Tokenizer
 from params.load import load_params
 from params.optimizer import AdamW
 from params.tree import unflatten
-from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.data import get_batch
-from pipelines.train_tokenizer import train_bpe
+from pipelines.training.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.training.data import get_batch
+from pipelines.tokenizer.train import train_bpe
 
 
 def run_linear(d_in: int, d_out: int, weights: Float[Tensor, " d_out d_in"], in_features: Float[Tensor, " ... d_in"]) -> Float[Tensor, " ... d_out"]:

@@ -17,7 +17,7 @@ from core.config import ModelConfig
 from core.model import forward
 from core.tree import tree_leaves
 from params.init import count_params, init_params
-from pipelines.accounting import default_report, gpt2
+from pipelines.experiments.accounting import default_report, gpt2
 
 SMALL = dict(vocab_size=97, context_length=24, d_model=32, num_layers=2, num_heads=4)
 VARIANTS = [

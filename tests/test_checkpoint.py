@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import checkpoint
-from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
+from pipelines.training import checkpoint
+from pipelines.training.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
 from tests.adapters import get_adamw_cls, run_load_checkpoint, run_save_checkpoint
 
 

@@ -8,8 +8,8 @@ from core.config import ModelConfig
 from core.sampling import generate, next_token_probs, top_p_filter
 from params.init import init_params
 from pipelines.generate import generate_text, main
-from pipelines.train import train
-from pipelines.train_config import resolve_config
+from pipelines.training.loop import train
+from pipelines.training.config import resolve_config
 
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
 

@@ -3,8 +3,8 @@
 import orjson
 import pytest
 
-from pipelines.metrics import MetricsLog, read_metrics
-from pipelines.plot import main, plot_runs
+from pipelines.training.metrics import MetricsLog, read_metrics
+from pipelines.experiments.plot import main, plot_runs
 
 
 def _run(tmp_path, name, scale):

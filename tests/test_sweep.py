@@ -5,8 +5,8 @@ import numpy as np
 import orjson
 import pytest
 
-from pipelines import experiment_log
-from pipelines.sweep import Variant, main, make_variants
+from pipelines.experiments import experiment_log
+from pipelines.experiments.sweep import Variant, main, make_variants
 
 TINY = [
     "vocab_size=64", "context_length=16", "d_model=16", "num_layers=1", "num_heads=2",
@@ -92,7 +92,7 @@ def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, dat
     out = tmp_path / "sweep"
     settings = [s for s in TINY if not s.startswith(("max_steps", "log_every", "checkpoint_every"))]
     command = [
-        sys.executable, "-m", "pipelines.sweep", "tinystories/cpu-small", "--vary", "seed=0,1", "--out", str(out),
+        sys.executable, "-m", "pipelines.experiments.sweep", "tinystories/cpu-small", "--vary", "seed=0,1", "--out", str(out),
         "--threads", "1", "--set", f"data={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
         "--set", "checkpoint_every=1000000", *[item for pair in settings for item in ("--set", pair)],
     ]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from core.tokenizer import Tokenizer
-from pipelines.tokenize import encode_file, load_tokenizer, main
-from pipelines.train_tokenizer import train_tokenizer
+from pipelines.tokenizer.encode import encode_file, load_tokenizer, main
+from pipelines.tokenizer.train import train_tokenizer
 
 EOT = "<|endoftext|>"
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import shared_path
 from core.tokenizer import Tokenizer
-from pipelines.train_tokenizer import train_bpe
+from pipelines.tokenizer.train import train_bpe
 
 EOT = "<|endoftext|>"
 FIXTURE_TEXTS = ["tinystories_sample.txt", "address.txt", "german.txt", "corpus.en"]

@@ -1,7 +1,7 @@
 """The tokenizer report on the shared corpora: trained once into its cache, then reused."""
 
 from conftest import shared_path
-from pipelines.tokenizer_report import documents, report
+from pipelines.experiments.tokenizer_report import documents, report
 
 
 def test_documents_split_on_end_of_text_or_blank_lines():

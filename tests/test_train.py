@@ -19,12 +19,12 @@ from core.optim import AdamWHParams, adamw_init
 from core.train_step import StepConfig, make_train_step
 from params.init import init_params
 from params.tree import flatten
-from pipelines import download, train as train_module
-from pipelines.checkpoint import load_training_state
-from pipelines.metrics import read_metrics
-from pipelines.runs import checkpoint_path
-from pipelines.train import main, train
-from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
+from pipelines.training import download, loop as train_module
+from pipelines.training.checkpoint import load_training_state
+from pipelines.training.metrics import read_metrics
+from pipelines.training.run_dir import checkpoint_path
+from pipelines.training.loop import main, train
+from pipelines.training.config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(
@@ -126,7 +126,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(toke
 def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_path):
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "pipelines.train", "tinystories", "--preset", "cpu-small", "--data", str(token_dir),
+        sys.executable, "-m", "pipelines.training.loop", "tinystories", "--preset", "cpu-small", "--data", str(token_dir),
         "--run-dir", str(run_dir), "--max-steps", "1000000", "--log-every", "1", "--eval-every", "1000",
         "--checkpoint-every", "1000", *[f"--set={k}={v}" for k, v in TINY.items() if k not in ("log_every", "eval_every", "checkpoint_every")],
     ]
@@ -148,7 +148,7 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_p
 
     target = summary["step"] + 3
     resumed = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", "--resume", "--run-dir", str(run_dir), "--max-steps", str(target)],
+        [sys.executable, "-m", "pipelines.training.loop", "--resume", "--run-dir", str(run_dir), "--max-steps", str(target)],
         cwd=ROOT, env=env, capture_output=True, timeout=120,
     )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]

@@ -13,7 +13,8 @@ from core.bpe import train_bpe_from_counts
 from core.bytes_unicode import from_printable
 from core.pretokenize import count_pretokens
 from core.tokenizer import Tokenizer
-from pipelines.train_tokenizer import cut_points, main, read_pieces, train_bpe, train_tokenizer
+from pipelines.tokenizer.files import cut_points, read_pieces
+from pipelines.tokenizer.train import main, train_bpe, train_tokenizer
 
 EOT = "<|endoftext|>"
 

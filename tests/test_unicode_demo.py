@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.unicode_demo import INVALID, decode_utf8_bytes_to_str_wrong, main
+from pipelines.experiments.unicode_demo import INVALID, decode_utf8_bytes_to_str_wrong, main
 
 
 def test_wrong_decoder_only_works_on_ascii():

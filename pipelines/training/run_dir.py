@@ -1,7 +1,7 @@
 """The layout of a run directory, shared by everything that writes or reads one.
 
     RUN/config.json        the resolved TrainConfig (model included)
-    RUN/metrics.jsonl      one row per log or evaluation (pipelines/metrics.py)
+    RUN/metrics.jsonl      one row per log or evaluation (pipelines/training/metrics.py)
     RUN/checkpoints/       last.pt (latest, overwritten) and final.pt (end of a completed run)
     RUN/tokenizer/         a copy of the tokenizer that encoded the data, when known
     RUN/samples.txt        stories sampled at the end of training

@@ -1,8 +1,8 @@
 """Encode a text file into a .npy of token ids, in parallel, streamed to disk, with a JSON sidecar.
 
-    python -m pipelines.tokenize INPUT --tokenizer DIR --out FILE.npy [--workers N]
+    python -m pipelines.tokenizer.encode INPUT --tokenizer DIR --out FILE.npy [--workers N]
 
-The file is split into byte ranges at safe cuts (pipelines/train_tokenizer.py); workers encode the
+The file is split into byte ranges at safe cuts (pipelines/tokenizer/files.py); workers encode the
 ranges and the ids are appended to the output in file order, so the result is exactly
 `tokenizer.encode(whole text)` while no process holds more than a range. The .npy is uint16 when
 every id fits, else uint32, and opens with `np.load(path, mmap_mode="r")`.
@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.tokenizer import Tokenizer
-from pipelines.train_tokenizer import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
+from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 
 # The .npy header written for a 1-D array pads its shape field so that its length (128 bytes) does
 # not depend on the number of elements: reserve it, stream the ids after it, fill it in at the end.
@@ -147,7 +147,7 @@ def encode_file(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenize", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer.encode", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 text to encode")
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by train_tokenizer")
     parser.add_argument("--out", type=Path, required=True, help="output .npy (a .json sidecar goes beside it)")

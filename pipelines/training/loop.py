@@ -1,4 +1,4 @@
-"""Train a Transformer LM: `python -m pipelines.train tinystories --preset cpu-small --data ../shared/data`.
+"""Train a Transformer LM: `python -m pipelines.training.loop tinystories --preset cpu-small --data ../shared/data`.
 
 The loop around the pure step (core/train_step.py):
 
@@ -35,14 +35,14 @@ from core.schedule import cosine_schedule
 from core.tokenizer import Tokenizer
 from core.train_step import StepConfig, loss_fn, make_train_step
 from params.init import count_params, init_params
-from pipelines.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
-from pipelines.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
-from pipelines.device import autocast_for, enable_tf32, select_device
+from pipelines.training.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
+from pipelines.training.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
+from pipelines.training.device import autocast_for, enable_tf32, select_device
 from pipelines.generate import sample_stories
-from pipelines.metrics import MetricsLog, import_wandb, start_wandb
-from pipelines.prepare import prepare_data
-from pipelines.runs import CONFIG_FILE, FINAL, LAST, SAMPLES_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
-from pipelines.train_config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
+from pipelines.training.metrics import MetricsLog, import_wandb, start_wandb
+from pipelines.training.prepare import prepare_data
+from pipelines.training.run_dir import CONFIG_FILE, FINAL, LAST, SAMPLES_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
+from pipelines.training.config import TrainConfig, add_config_arguments, overrides_from_args, resolve_config, with_overrides
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def _write_samples(run_dir: Path, params: Any, config: TrainConfig, tokenizer: T
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train",
+        prog="python -m pipelines.training.loop",
         description="Train a Transformer LM. Config: preset < --config FILE < flags and --set.",
     )
     parser.add_argument("dataset", nargs="?", default="tinystories", help="dataset whose presets to use (tinystories)")

@@ -1,7 +1,7 @@
 """Run a set of training variants and summarise them:
 
-    python -m pipelines.sweep tinystories/cpu-small --vary lr=1e-4,1e-3,1e-2 --set data=../shared/data --out runs/lr
-    python -m pipelines.sweep tinystories/cpu-small --variant base --variant norm=none --variant norm=post+lr=1e-3 ...
+    python -m pipelines.experiments.sweep tinystories/cpu-small --vary lr=1e-4,1e-3,1e-2 --set data=../shared/data --out runs/lr
+    python -m pipelines.experiments.sweep tinystories/cpu-small --variant base --variant norm=none --variant norm=post+lr=1e-3 ...
 
 CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config.json, applied over
 the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
@@ -9,7 +9,7 @@ every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant`: ass
 by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`NAME:F=V+F=V`).
 `--set FIELD=VALUE` applies to them all.
 
-Each variant trains in a subprocess (`python -m pipelines.train`) in its own run directory under
+Each variant trains in a subprocess (`python -m pipelines.training.loop`) in its own run directory under
 the sweep directory, so a crash or a divergence ends that run only, and several can run side by
 side with a few threads each. A variant whose summary.json says completed or diverged is skipped
 on the next call, and an interrupted one is resumed: the sweep is resumable. At the end it writes
@@ -33,9 +33,9 @@ from typing import Any
 
 import orjson
 
-from pipelines.metrics import read_metrics
-from pipelines.runs import CONFIG_FILE, SUMMARY_FILE, checkpoint_path
-from pipelines.train_config import TrainConfig, overrides_from_args, resolve_config
+from pipelines.training.metrics import read_metrics
+from pipelines.training.run_dir import CONFIG_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.config import TrainConfig, overrides_from_args, resolve_config
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
 FINISHED = ("completed", "diverged")
@@ -147,7 +147,7 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Tra
     run_dir.mkdir(parents=True, exist_ok=True)
     requested = run_dir / "sweep_config.json"
     requested.write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    command = [sys.executable, "-m", "pipelines.train", config.dataset, "--config", str(requested), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "pipelines.training.loop", config.dataset, "--config", str(requested), "--run-dir", str(run_dir)]
     if checkpoint_path(run_dir).exists():
         command.append("--resume")
     # Torch reads OMP_NUM_THREADS when it starts: runs side by side must not fight over the cores.
@@ -214,7 +214,7 @@ def write_summary(sweep_dir: Path, names: Sequence[str], title: str | None = Non
     (sweep_dir / SWEEP_SUMMARY_MD).write_text(heading + markdown_table(rows), encoding="utf-8")
     plotted = [row for row in rows if (Path(row["run_dir"]) / "metrics.jsonl").exists()]
     if plotted:
-        from pipelines.plot import plot_runs
+        from pipelines.experiments.plot import plot_runs
 
         plot_runs([row["run_dir"] for row in plotted], sweep_dir / SWEEP_CURVES, [row["name"] for row in plotted], title)
     return rows
@@ -258,7 +258,7 @@ def sweep(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.sweep",
+        prog="python -m pipelines.experiments.sweep",
         description="Train a grid of config variants, resumably, and summarise them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],

@@ -1,4 +1,4 @@
-"""Learning curves: `python -m pipelines.plot RUN [RUN ...] [--out FILE.png] [--labels A B ...]`.
+"""Learning curves: `python -m pipelines.experiments.plot RUN [RUN ...] [--out FILE.png] [--labels A B ...]`.
 
 Two panels, loss against steps and against wall-clock seconds; each run is one colour, its
 training loss a thin line and its validation loss a thicker line with markers.
@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.metrics import read_metrics
+from pipelines.training.metrics import read_metrics
 
 
 def plot_runs(
@@ -55,7 +55,7 @@ def plot_runs(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.plot", description="Draw learning curves of runs to PNG.")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.experiments.plot", description="Draw learning curves of runs to PNG.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with metrics.jsonl)")
     parser.add_argument("--out", type=Path, help="PNG path (default: RUN/plots/loss.png for one run, plots/loss.png otherwise)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: the run directory names)")

@@ -1,4 +1,4 @@
-"""The handout's Unicode questions (§2.1-2.2), answered by running them: `python -m pipelines.unicode_demo`.
+"""The handout's Unicode questions (§2.1-2.2), answered by running them: `python -m pipelines.experiments.unicode_demo`.
 
 unicode1: what chr(0) is and how it shows; unicode2: UTF-8 against UTF-16/32 sizes, why decoding
 UTF-8 byte by byte is wrong, and a two-byte sequence that decodes to nothing.

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.download import cache_dir, fetch_tinystories
-from pipelines.tokenize import encode_file
-from pipelines.train_config import TrainConfig
-from pipelines.train_tokenizer import train_tokenizer
+from pipelines.training.download import cache_dir, fetch_tinystories
+from pipelines.tokenizer.encode import encode_file
+from pipelines.training.config import TrainConfig
+from pipelines.tokenizer.train import train_tokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "validation", "val")}

@@ -1,8 +1,8 @@
 """Parameter, FLOP, memory and training-time accounting, printed as Markdown tables.
 
-    python -m pipelines.accounting                       # the handout's GPT-2 sizes (transformer_accounting, adamwAccounting)
-    python -m pipelines.accounting --preset tinystories/baseline --peak-flops 989e12 --mfu 0.2
-    python -m pipelines.accounting --d-model 256 --num-layers 4 --num-heads 8 --vocab-size 10000 --context-length 256
+    python -m pipelines.experiments.accounting                       # the handout's GPT-2 sizes (transformer_accounting, adamwAccounting)
+    python -m pipelines.experiments.accounting --preset tinystories/baseline --peak-flops 989e12 --mfu 0.2
+    python -m pipelines.experiments.accounting --d-model 256 --num-layers 4 --num-heads 8 --vocab-size 10000 --context-length 256
 
 With --preset or any model flag it reports on that one config (steps and batch from the preset
 unless given); otherwise on GPT-2 small/medium/large/XL as the handout defines them (vocabulary
@@ -166,10 +166,10 @@ def config_report(config: ModelConfig, steps: int, batch_size: int, peak_flops: 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.accounting", description=__doc__.split("\n\n")[0],
+        prog="python -m pipelines.experiments.accounting", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/train_config.py, e.g. tinystories/baseline")
+    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/config.py, e.g. tinystories/baseline")
     for field in fields(ModelConfig):
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, default=None, metavar="VALUE")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's, or 10,000)")
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(default_report())
         return
     try:
-        from pipelines.train_config import overrides_from_args, resolve_config
+        from pipelines.training.config import overrides_from_args, resolve_config
 
         overrides = overrides_from_args(argparse.Namespace(set=[f"{k}={v}" for k, v in model_flags.items()]))
         if args.preset:

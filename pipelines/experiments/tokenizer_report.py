@@ -1,7 +1,7 @@
 """The tokenizer experiments (handout §2.5, §2.7): train the TinyStories 10K and OpenWebText 32K
 byte-level BPE tokenizers, then measure them.
 
-    python -m pipelines.tokenizer_report [--data ../shared/data] [--samples 10] [--seed 0]
+    python -m pipelines.experiments.tokenizer_report [--data ../shared/data] [--samples 10] [--seed 0]
 
 Tokenizers are trained once and cached under cache/tokenizer-report/ (keyed by the training
 file's identity and the vocabulary size), with the training time and peak memory beside them. The
@@ -25,9 +25,9 @@ from pathlib import Path
 import orjson
 
 from core.tokenizer import Tokenizer
-from pipelines.download import cache_dir
-from pipelines.prepare import SPECIAL_TOKENS, file_key
-from pipelines.train_tokenizer import SERIAL_BELOW, count_file, default_workers, train_tokenizer
+from pipelines.training.download import cache_dir
+from pipelines.training.prepare import SPECIAL_TOKENS, file_key
+from pipelines.tokenizer.train import SERIAL_BELOW, count_file, default_workers, train_tokenizer
 
 EOT = "<|endoftext|>"
 PILE_BYTES = 825e9
@@ -138,7 +138,7 @@ def report(data: Path, cache: Path, samples: int, seed: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.experiments.tokenizer_report", description=__doc__.split("\n\n")[0])
     default_data = Path(os.environ.get("LMKIT_SHARED", "../shared")) / "data"
     parser.add_argument("--data", type=Path, default=default_data, help=f"folder with {CORPORA[0].train_file}, "
                         f"{CORPORA[1].train_file} (default: $LMKIT_SHARED/data, else ../shared/data)")
