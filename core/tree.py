@@ -25,3 +25,10 @@ def tree_flatten(tree: Tree) -> tuple[list[Any], Any]:
 
 def tree_unflatten(leaves: list[Any], structure: Any) -> Tree:
     return _pytree.tree_unflatten(leaves, structure)
+
+
+def tree_leaves_by_path(tree: Tree) -> tuple[dict[str, Any], Any]:
+    """The leaves keyed by their path (e.g. `[0].mu['layers'][0]['attn']`), and the structure:
+    names that say where a leaf sits, for files that outlive the process (checkpoints)."""
+    with_paths, structure = _pytree.tree_flatten_with_path(tree)
+    return {_pytree.keystr(path): leaf for path, leaf in with_paths}, structure
