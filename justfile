@@ -29,9 +29,9 @@ setup:
 test *ARGS: setup
     {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker "$@"
 
-# train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max-steps 200`
+# train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max_steps 200`
 train *ARGS: setup
-    {{python}} -m pipelines.training.loop "$@"
+    {{python}} -m pipelines.training.cli "$@"
 
 # train a byte-level BPE tokenizer: `just train-tokenizer INPUT --vocab-size N --special '<|endoftext|>' --out DIR`
 train-tokenizer *ARGS: setup
@@ -49,7 +49,7 @@ generate *ARGS: setup
 plot *ARGS: setup
     {{python}} -m pipelines.experiments.plot "$@"
 
-# run a grid of training variants: `just sweep CONFIG --vary lr=1e-4,1e-3`
+# run a grid of training variants: `just sweep CONFIG --vary schedule.lr=1e-4,1e-3`
 sweep *ARGS: setup
     {{python}} -m pipelines.experiments.sweep "$@"
 

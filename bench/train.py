@@ -10,18 +10,20 @@ hits every variant alike. Prints tokens/s and the speed ratio against the conven
 """
 
 import argparse
-from functools import partial
 
 import torch
 
 from bench.common import add_model_arguments, model_config, print_speed_table, time_interleaved
 from bench.model import ModuleLM
 from core.loss import cross_entropy
-from core.optim import AdamWHParams, adamw_init
-from core.schedule import cosine_schedule
-from core.train_step import StepConfig, make_train_step
+from core.optim import adamw, chain, clip_by_global_norm
+from core.schedule import warmup_cosine
+from core.train_state import init_train_state
+from core.train_step import make_train_step
 from params.init import init_params
 from params.tree import flatten
+
+BETAS, EPS, WEIGHT_DECAY = (0.9, 0.95), 1e-8, 0.1
 
 
 def main() -> None:
@@ -33,35 +35,34 @@ def main() -> None:
     args = parser.parse_args()
 
     config = model_config(args)
-    hparams = AdamWHParams(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    schedule = partial(cosine_schedule, max_learning_rate=1e-3, min_learning_rate=1e-4, warmup_iters=10, cosine_cycle_iters=1000)
+    schedule = warmup_cosine(1e-3, 1e-4, 10, 1000)
     generator = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (args.batch, config.context_length), generator=generator)
     y = torch.randint(0, config.vocab_size, (args.batch, config.context_length), generator=generator)
     initial = init_params(config, torch.Generator().manual_seed(0))
 
     def pure(grad_mode: str, compile: bool = False):
-        step_config = StepConfig(config, hparams, max_grad_norm=1.0, grad_mode=grad_mode, compile=compile)
-        train_step = make_train_step(step_config, schedule)
-        state = {"params": initial, "opt": adamw_init(initial), "step": 0}
+        # Weight decay on every leaf, as the peer's single parameter group does.
+        optimizer = chain(clip_by_global_norm(1.0), adamw(schedule, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY))
+        train_step = make_train_step(config, optimizer, grad_mode=grad_mode, compile=compile)
+        holder = {"state": init_train_state(initial, optimizer, rng=0)}
 
         def step() -> None:
-            state["params"], state["opt"], _ = train_step(state["params"], state["opt"], (x, y), state["step"])
-            state["step"] += 1
+            holder["state"], _ = train_step(holder["state"], (x, y))
 
         return step
 
     def module(compile: bool = False):
         model = ModuleLM(config)
         model.load_state_dict(flatten(initial))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=hparams.betas, eps=hparams.eps, weight_decay=hparams.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, foreach=True)
         forward = torch.compile(model) if compile else model
         state = {"step": 0}
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             cross_entropy(forward(x), y).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
             for group in optimizer.param_groups:
                 group["lr"] = schedule(state["step"])
             optimizer.step()

@@ -15,7 +15,8 @@ from core.config import ModelConfig
 from core.sampling import generate
 from core.tokenizer import Tokenizer
 from core.tree import Tree
-from pipelines.training.checkpoint import load_training_state
+from params.load import load_params
+from pipelines.training.checkpoint import read_train_state
 from pipelines.training.device import select_device
 from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
 
@@ -39,11 +40,13 @@ def generate_text(
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{tokenizer_dir} not found: the run was trained on pre-encoded tokens without a tokenizer")
     tokenizer = Tokenizer.load(tokenizer_dir)
-    state = load_training_state(checkpoint or checkpoint_path(run_dir), select_device(device))
-    if state["tokenizer"] is not None and state["tokenizer"] != tokenizer.fingerprint():
+    saved = read_train_state(checkpoint or checkpoint_path(run_dir))
+    if saved["tokenizer"] is not None and saved["tokenizer"] != tokenizer.fingerprint():
         raise ValueError(f"{tokenizer_dir} is not the tokenizer the checkpoint was trained with (fingerprints differ)")
-    config = ModelConfig.from_dict(state["model_config"])
-    return sample_stories(state["params"], config, tokenizer, prompt, num_samples, max_tokens, temperature, top_p, seed)
+    config = ModelConfig.from_dict(saved["model_config"])
+    target = select_device(device)
+    params = load_params({name: tensor.to(target) for name, tensor in saved["params"].items()}, config)
+    return sample_stories(params, config, tokenizer, prompt, num_samples, max_tokens, temperature, top_p, seed)
 
 
 def sample_stories(

@@ -17,7 +17,7 @@ from core.config import ModelConfig
 from core.model import forward
 from core.tree import tree_leaves
 from params.init import count_params, init_params
-from pipelines.experiments.accounting import default_report, gpt2
+from pipelines.experiments.accounting import default_report, gpt2, main
 
 SMALL = dict(vocab_size=97, context_length=24, d_model=32, num_layers=2, num_heads=4)
 VARIANTS = [
@@ -83,3 +83,15 @@ def test_default_report_covers_every_question():
     for heading in ("GPT-2 small", "GPT-2 XL at context 16,384", "max B in 80 GB", "AdamW FLOPs", "A100"):
         assert heading in report
     assert "6,584 days" in report
+
+
+def test_one_config_report_takes_the_trainers_names(capsys):
+    main(["--model.vocab_size", "10000", "--model.context_length", "256", "--model.d_model", "512",
+          "--model.num_layers", "4", "--model.num_heads", "16", "--model.d_ff", "1344", "--data.batch_size", "128",
+          "--max_steps", "10000"])
+    report = capsys.readouterr().out
+    assert f"{count_params(ModelConfig(10_000, 256, 512, 4, 16, d_ff=1344)):,}" in report
+    assert "10,000 steps x batch 128" in report
+    with pytest.raises(SystemExit):
+        main(["--model.d_model", "512"])  # the other required sizes are missing
+    assert "--model.vocab_size" in capsys.readouterr().err

@@ -2,12 +2,17 @@
 
 import io
 
-import numpy as np
 import pytest
 import torch
 
+from core.config import ModelConfig
+from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
+from core.train_state import TrainState, init_train_state
+from core.tree import tree_leaves_by_path
+from params.init import init_params
+from params.tree import flatten, unflatten
 from pipelines.training import checkpoint
-from pipelines.training.checkpoint import capture_rng, load_training_state, restore_rng, save_training_state
+from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
 from tests.adapters import get_adamw_cls, run_load_checkpoint, run_save_checkpoint
 
 
@@ -21,12 +26,14 @@ class _Net(torch.nn.Module):
 
 
 def _trained(steps: int = 5) -> tuple[_Net, torch.optim.Optimizer]:
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     model = _Net()
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.5, generator=generator)
     optimizer = get_adamw_cls()(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     for _ in range(steps):
         optimizer.zero_grad()
-        model(torch.randn(8, 5)).pow(2).sum().backward()
+        model(torch.randn(8, 5, generator=generator)).pow(2).sum().backward()
         optimizer.step()
     return model, optimizer
 
@@ -110,35 +117,52 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
 
 
-def test_training_state_round_trips_params_optimizer_and_rng(tmp_path):
-    generator = torch.Generator().manual_seed(7)
-    params = {"w": torch.randn(3, 2), "layers": [{"g": torch.ones(2)}, {"g": torch.zeros(2)}]}
-    opt_state = {"step": 4, "m": {"w": torch.ones(3, 2), "layers": [{"g": torch.ones(2)}] * 2},
-                 "v": {"w": torch.ones(3, 2), "layers": [{"g": torch.ones(2)}] * 2}}
-    torch.manual_seed(11)
-    np.random.seed(12)
-    rng = capture_rng(generator)
-    expected = (torch.rand(3), np.random.rand(3), torch.rand(3, generator=generator))
-    save_training_state(tmp_path / "state.pt", {
-        "step": 4, "params": params, "opt_state": opt_state, "rng": rng, "elapsed": 1.5,
-        "model_config": {"d_model": 2}, "train_config": {"lr": 0.1}, "tokenizer": "abc",
-    })
-    loaded = load_training_state(tmp_path / "state.pt")
-    assert loaded["step"] == 4 and loaded["elapsed"] == 1.5 and loaded["tokenizer"] == "abc"
-    assert loaded["model_config"] == {"d_model": 2} and loaded["train_config"] == {"lr": 0.1}
-    assert torch.equal(loaded["params"]["w"], params["w"])
-    assert isinstance(loaded["params"]["layers"], list) and len(loaded["params"]["layers"]) == 2
-    assert loaded["opt_state"]["step"] == 4 and torch.equal(loaded["opt_state"]["v"]["w"], torch.ones(3, 2))
+CONFIG = ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=2, num_heads=2)
 
-    other = torch.Generator().manual_seed(0)
-    restore_rng(loaded["rng"], other)
-    assert torch.equal(torch.rand(3), expected[0])
-    assert np.array_equal(np.random.rand(3), expected[1])
-    assert torch.equal(torch.rand(3, generator=other), expected[2])
+
+def _optimizer():
+    return chain(clip_by_global_norm(1.0), adamw(lambda step: 1e-3 * step, weight_decay=0.1, mask=decay_matrices))
+
+
+def _stepped_state() -> TrainState:
+    """A state some updates in: moments and counts that differ from a fresh init."""
+    optimizer = _optimizer()
+    state = init_train_state(init_params(CONFIG, torch.Generator().manual_seed(1)), optimizer, rng=7)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        grads = {name: torch.randn(t.shape, generator=generator) for name, t in flatten(state.params).items()}
+        updates, opt_state = optimizer.update(unflatten(grads), state.opt_state, state.params)
+        state = state.replace(opt_state=opt_state, step=state.step + 1)
+    return state.replace(elapsed=1.5)
+
+
+def test_a_train_state_round_trips_exactly(tmp_path):
+    state = _stepped_state()
+    save_train_state(tmp_path / "state.pt", state, {"model_config": CONFIG.to_dict(), "tokenizer": "abc"})
+    payload = read_train_state(tmp_path / "state.pt")
+    assert payload["tokenizer"] == "abc" and payload["model_config"] == CONFIG.to_dict()
+    loaded = load_train_state(payload, CONFIG, _optimizer())
+    assert (loaded.step, loaded.rng, loaded.elapsed) == (3, 7, 1.5)
+    for name, tensor in flatten(state.params).items():
+        assert torch.equal(flatten(loaded.params)[name], tensor)
+    saved_leaves, loaded_leaves = tree_leaves_by_path(state.opt_state)[0], tree_leaves_by_path(loaded.opt_state)[0]
+    assert saved_leaves.keys() == loaded_leaves.keys()
+    for name, value in saved_leaves.items():
+        assert torch.equal(loaded_leaves[name], value) if isinstance(value, torch.Tensor) else loaded_leaves[name] == value
+
+
+def test_a_checkpoint_of_another_model_or_optimizer_is_refused_by_name(tmp_path):
+    save_train_state(tmp_path / "state.pt", _stepped_state(), {})
+    payload = read_train_state(tmp_path / "state.pt")
+    wider = ModelConfig(vocab_size=16, context_length=8, d_model=16, num_layers=2, num_heads=2)
+    with pytest.raises(ValueError, match="token_embeddings.weight"):
+        load_train_state(payload, wider, _optimizer())
+    with pytest.raises(ValueError, match="optimizer state does not match"):
+        load_train_state(payload, CONFIG, adamw(1e-3))
 
 
 def test_module_and_training_checkpoints_are_not_mixed_up(tmp_path):
     model, optimizer = _trained(1)
     run_save_checkpoint(model, optimizer, 1, tmp_path / "module.pt")
     with pytest.raises(ValueError, match="holds a 'module' checkpoint, expected 'training'"):
-        load_training_state(tmp_path / "module.pt")
+        read_train_state(tmp_path / "module.pt")

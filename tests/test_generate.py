@@ -84,11 +84,12 @@ def test_a_run_trained_on_text_generates_stories(tmp_path, monkeypatch, capsys):
     story = "Once upon a time there was a cat. The cat liked to play with a ball.\n<|endoftext|>\n"
     (data / "train.txt").write_text(story * 60)
     (data / "valid.txt").write_text(story * 10)
-    config = resolve_config("tinystories", "cpu-small", dict(
-        vocab_size=300, context_length=32, d_model=32, num_layers=1, num_heads=2, batch_size=4, max_steps=60,
-        lr=1e-2, warmup_steps=5, log_every=10, eval_every=30, eval_windows=4, samples=1, sample_tokens=8,
-        data=str(data), run_dir=str(tmp_path / "run"),
-    ))
+    config = resolve_config("tinystories", "cpu-small", {
+        "model.vocab_size": 300, "model.context_length": 32, "model.d_model": 32, "model.num_layers": 1,
+        "model.num_heads": 2, "data.batch_size": 4, "max_steps": 60, "schedule.lr": 1e-2, "schedule.warmup_steps": 5,
+        "log_every": 10, "eval.every": 30, "eval.windows": 4, "sample.count": 1, "sample.tokens": 8,
+        "data.path": str(data), "run_dir": str(tmp_path / "run"),
+    })
     run_dir = train(config)
     assert (run_dir / "tokenizer" / "vocab.json").exists()
     assert (run_dir / "samples.txt").read_text().startswith("Once upon a time")

@@ -1,6 +1,13 @@
 """The sweep on synthetic tokens: variants from --vary/--variant, a divergent variant recorded as
 such (not a crash), the summary files, and resumption skipping finished runs."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
@@ -9,9 +16,9 @@ from pipelines.experiments import experiment_log
 from pipelines.experiments.sweep import Variant, main, make_variants
 
 TINY = [
-    "vocab_size=64", "context_length=16", "d_model=16", "num_layers=1", "num_heads=2",
-    "batch_size=4", "max_steps=6", "warmup_steps=1", "eval_every=3", "eval_windows=4",
-    "log_every=1", "checkpoint_every=3", "samples=0",
+    "model.vocab_size=64", "model.context_length=16", "model.d_model=16", "model.num_layers=1", "model.num_heads=2",
+    "data.batch_size=4", "max_steps=6", "schedule.warmup_steps=1", "eval.every=3", "eval.windows=4",
+    "log_every=1", "checkpoint_every=3", "sample.count=0",
 ]
 
 
@@ -27,43 +34,43 @@ def data_dir(tmp_path):
 
 
 def test_grid_times_listed_variants():
-    variants = make_variants(["lr=1e-3,1e-2", "batch_size=8"], ["base", "norm=post+ffn=silu"])
+    variants = make_variants(["schedule.lr=1e-3,1e-2", "data.batch_size=8"], ["base", "model.norm=post+model.ffn=silu"])
     assert [v.name for v in variants] == [
-        "lr=1e-3,batch_size=8",
-        "lr=1e-3,batch_size=8,norm=post,ffn=silu",
-        "lr=1e-2,batch_size=8",
-        "lr=1e-2,batch_size=8,norm=post,ffn=silu",
+        "schedule.lr=1e-3,data.batch_size=8",
+        "schedule.lr=1e-3,data.batch_size=8,model.norm=post,model.ffn=silu",
+        "schedule.lr=1e-2,data.batch_size=8",
+        "schedule.lr=1e-2,data.batch_size=8,model.norm=post,model.ffn=silu",
     ]
-    assert variants[1].overrides == {"lr": 1e-3, "batch_size": 8, "norm": "post", "ffn": "silu"}
+    assert variants[1].overrides == {"schedule.lr": 1e-3, "data.batch_size": 8, "model.norm": "post", "model.ffn": "silu"}
     assert make_variants([], []) == [Variant("base", {})]
-    named = make_variants([], ["bs1:batch_size=1+max_steps=64"])
-    assert named == [Variant("bs1", {"batch_size": 1, "max_steps": 64})]
+    named = make_variants([], ["bs1:data.batch_size=1+max_steps=64"])
+    assert named == [Variant("bs1", {"data.batch_size": 1, "max_steps": 64})]
 
 
 def test_bad_specs_are_clear_errors():
     with pytest.raises(ValueError, match="unknown|expected"):
         make_variants(["learning_rate=1e-3"], [])
     with pytest.raises(ValueError, match="expected FIELD=VALUE"):
-        make_variants(["lr"], [])
+        make_variants(["schedule.lr"], [])
     with pytest.raises(ValueError, match="twice"):
-        make_variants([], ["lr=1e-3", "lr=1e-3"])
+        make_variants([], ["schedule.lr=1e-3", "schedule.lr=1e-3"])
 
 
 def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     out = tmp_path / "sweep"
     # lr 1e6 with clipping off drives the weights to inf within a few steps: a divergent run.
     args = [
-        "tinystories/cpu-small", "--vary", "lr=1e-3,1e6", "--out", str(out), "--threads", "1",
-        "--set", f"data={data_dir}", "--set", "max_grad_norm=1e30", "--set", "min_lr=0",
+        "tinystories/cpu-small", "--vary", "schedule.lr=1e-3,1e6", "--out", str(out), "--threads", "1",
+        "--set", f"data.path={data_dir}", "--set", "optim.max_grad_norm=1e30", "--set", "schedule.final_lr=0",
         *[item for pair in TINY for item in ("--set", pair)],
     ]
     main(args)
     rows = {row["name"]: row for row in orjson.loads((out / "summary.json").read_bytes())}
-    assert rows["lr=1e-3"]["status"] == "completed"
-    assert rows["lr=1e-3"]["steps"] == 6 and rows["lr=1e-3"]["best_val_loss"] > 0
-    assert rows["lr=1e6"]["status"] == "diverged"
+    assert rows["schedule.lr=1e-3"]["status"] == "completed"
+    assert rows["schedule.lr=1e-3"]["steps"] == 6 and rows["schedule.lr=1e-3"]["best_val_loss"] > 0
+    assert rows["schedule.lr=1e6"]["status"] == "diverged"
     table = (out / "summary.md").read_text()
-    assert "| lr=1e6 | diverged | 1e+06 | 4 |" in table
+    assert "| schedule.lr=1e6 | diverged | 1e+06 | 4 |" in table
     assert (out / "curves.png").stat().st_size > 0
 
     capsys.readouterr()
@@ -77,23 +84,16 @@ def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     experiment_log.main([str(out), "--out", str(doc), "--figures", str(tmp_path / "docs" / "figures")])
     text = doc.read_text()
     assert text.startswith("# Notes") and text.endswith("More narrative.\n") and "old" not in text
-    assert "| lr=1e6 | diverged |" in text and "](figures/sweep.png)" in text
+    assert "| schedule.lr=1e6 | diverged |" in text and "](figures/sweep.png)" in text
     assert (tmp_path / "docs" / "figures" / "sweep.png").stat().st_size > 0
 
 
 def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, data_dir):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     out = tmp_path / "sweep"
     settings = [s for s in TINY if not s.startswith(("max_steps", "log_every", "checkpoint_every"))]
     command = [
         sys.executable, "-m", "pipelines.experiments.sweep", "tinystories/cpu-small", "--vary", "seed=0,1", "--out", str(out),
-        "--threads", "1", "--set", f"data={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
+        "--threads", "1", "--set", f"data.path={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
         "--set", "checkpoint_every=1000000", *[item for pair in settings for item in ("--set", pair)],
     ]
     root = Path(__file__).parent.parent

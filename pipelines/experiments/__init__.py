@@ -1,0 +1,1 @@
+"""The handout's experiments: sweeps, the experiment log, plots, accounting and tokenizer reports."""

@@ -2,7 +2,7 @@
 
     python -m pipelines.experiments.accounting                       # the handout's GPT-2 sizes (transformer_accounting, adamwAccounting)
     python -m pipelines.experiments.accounting --preset tinystories/baseline --peak-flops 989e12 --mfu 0.2
-    python -m pipelines.experiments.accounting --d-model 256 --num-layers 4 --num-heads 8 --vocab-size 10000 --context-length 256
+    python -m pipelines.experiments.accounting --model.d_model 256 --model.num_layers 4 --model.num_heads 8 --model.vocab_size 10000 --model.context_length 256
 
 With --preset or any model flag it reports on that one config (steps and batch from the preset
 unless given); otherwise on GPT-2 small/medium/large/XL as the handout defines them (vocabulary
@@ -27,6 +27,7 @@ from core.accounting import (
     training_step_flops,
 )
 from core.config import ModelConfig
+from pipelines.training.config import parse_overrides, resolve_config
 
 VOCAB, CONTEXT = 50_257, 1_024
 GPT2 = {  # (num_layers, d_model, num_heads), handout §3.6 problem (transformer_accounting)
@@ -169,11 +170,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m pipelines.experiments.accounting", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/config.py, e.g. tinystories/baseline")
-    for field in fields(ModelConfig):
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, default=None, metavar="VALUE")
-    parser.add_argument("--steps", type=int, help="training steps (default: the preset's, or 10,000)")
-    parser.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's, or 1)")
+    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/presets.py, e.g. tinystories/baseline")
+    for field in fields(ModelConfig):  # the trainer's names for the same settings
+        parser.add_argument(f"--model.{field.name}", dest=field.name, default=None, metavar="VALUE")
+    parser.add_argument("--max_steps", type=int, help="training steps (default: the preset's, or 10,000)")
+    parser.add_argument("--data.batch_size", dest="batch_size", type=int, help="sequences per step (default: the preset's, or 1)")
     parser.add_argument("--peak-flops", type=float, default=A100_FP32, help="chip peak FLOP/s (default: A100 fp32, 19.5e12)")
     parser.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation (default 0.5)")
     args = parser.parse_args(argv)
@@ -182,20 +183,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(default_report())
         return
     try:
-        from pipelines.training.config import overrides_from_args, resolve_config
-
-        overrides = overrides_from_args(argparse.Namespace(set=[f"{k}={v}" for k, v in model_flags.items()]))
+        overrides = parse_overrides([(f"model.{name}", value) for name, value in model_flags.items()])
         if args.preset:
             dataset, _, preset = args.preset.partition("/")
             train = resolve_config(dataset, preset or "baseline", overrides)
-            config, steps, batch = train.model, train.max_steps, train.batch_size
+            config, steps, batch = train.model, train.max_steps, train.data.batch_size
         else:
+            model = {name.removeprefix("model."): value for name, value in overrides.items()}
             required = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads"]
-            missing = ["--" + name.replace("_", "-") for name in required if name not in overrides]
+            missing = [f"--model.{name}" for name in required if name not in model]
             if missing:
                 raise ValueError(f"without --preset, give {', '.join(missing)} too")
-            config, steps, batch = ModelConfig(**overrides), 10_000, 1
-        print(config_report(config, args.steps or steps, args.batch_size or batch, args.peak_flops, args.mfu))
+            config, steps, batch = ModelConfig(**model), 10_000, 1
+        print(config_report(config, args.max_steps or steps, args.batch_size or batch, args.peak_flops, args.mfu))
     except ValueError as error:
         parser.error(str(error))
 

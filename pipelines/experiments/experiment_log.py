@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from pipelines.training.metrics import read_metrics
-from pipelines.training.run_dir import SAMPLES_FILE
+from pipelines.training.run_dir import METRICS_FILE, SAMPLES_FILE
 from pipelines.experiments.sweep import SWEEP_SUMMARY_JSON, markdown_table, summarize_run
 
 START, END = "<!-- experiment-log:start -->", "<!-- experiment-log:end -->"
@@ -33,7 +33,7 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     of its summary.json when there is one, else by name."""
     path = sweep_dir / SWEEP_SUMMARY_JSON
     names = [row["name"] for row in orjson.loads(path.read_bytes())] if path.exists() else sorted(
-        p.name for p in sweep_dir.iterdir() if (p / "metrics.jsonl").exists()
+        p.name for p in sweep_dir.iterdir() if (p / METRICS_FILE).exists()
     )
     if not names:
         raise FileNotFoundError(f"{sweep_dir} holds no runs (no */metrics.jsonl) and no {SWEEP_SUMMARY_JSON}")
@@ -53,7 +53,7 @@ def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -
     colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
     finals, highest = [], 0.0
     for index, row in enumerate(rows):
-        if not (Path(row["run_dir"]) / "metrics.jsonl").exists():
+        if not (Path(row["run_dir"]) / METRICS_FILE).exists():
             continue
         valid = [r for r in read_metrics(row["run_dir"]) if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
         if not valid:

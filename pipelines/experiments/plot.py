@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.training.metrics import read_metrics
+from pipelines.training.run_dir import PLOT_FILE
 
 
 def plot_runs(
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: the run directory names)")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    out = args.out or (args.runs[0] / "plots" / "loss.png" if len(args.runs) == 1 else Path("plots") / "loss.png")
+    out = args.out or (args.runs[0] / PLOT_FILE if len(args.runs) == 1 else Path("plots") / "loss.png")
     try:
         path = plot_runs(args.runs, out, args.labels, args.title)
     except (ValueError, OSError) as error:

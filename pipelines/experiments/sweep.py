@@ -1,15 +1,16 @@
 """Run a set of training variants and summarise them:
 
-    python -m pipelines.experiments.sweep tinystories/cpu-small --vary lr=1e-4,1e-3,1e-2 --set data=../shared/data --out runs/lr
-    python -m pipelines.experiments.sweep tinystories/cpu-small --variant base --variant norm=none --variant norm=post+lr=1e-3 ...
+    python -m pipelines.experiments.sweep tinystories/cpu-small --vary schedule.lr=1e-4,1e-3,1e-2 --set data.path=../shared/data --out runs/lr
+    python -m pipelines.experiments.sweep tinystories/cpu-small --variant base --variant model.norm=none --variant model.norm=post+schedule.lr=1e-3 ...
 
 CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config.json, applied over
 the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
-every `--vary FIELD=V1,V2,...` (cartesian product), times every `--variant`: assignments joined
-by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`NAME:F=V+F=V`).
-`--set FIELD=VALUE` applies to them all.
+every `--vary NAME=V1,V2,...` (cartesian product), times every `--variant`: assignments joined
+by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`DIR:N=V+N=V`).
+`--set NAME=VALUE` applies to them all. NAME is a setting's dotted name, as for the trainer
+(`schedule.lr`, `model.norm`, `data.batch_size`; pipelines/training/config.py).
 
-Each variant trains in a subprocess (`python -m pipelines.training.loop`) in its own run directory under
+Each variant trains in a subprocess (`python -m pipelines.training.cli`) in its own run directory under
 the sweep directory, so a crash or a divergence ends that run only, and several can run side by
 side with a few threads each. A variant whose summary.json says completed or diverged is skipped
 on the next call, and an interrupted one is resumed: the sweep is resumable. At the end it writes
@@ -34,8 +35,8 @@ from typing import Any
 import orjson
 
 from pipelines.training.metrics import read_metrics
-from pipelines.training.run_dir import CONFIG_FILE, SUMMARY_FILE, checkpoint_path
-from pipelines.training.config import TrainConfig, overrides_from_args, resolve_config
+from pipelines.training.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
+from pipelines.training.config import TrainConfig, parse_overrides, resolve_config
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
 FINISHED = ("completed", "diverged")
@@ -43,26 +44,22 @@ FINISHED = ("completed", "diverged")
 
 @dataclass(frozen=True)
 class Variant:
-    name: str  # also the run directory's name, e.g. "lr=0.001,batch_size=8"
+    name: str  # also the run directory's name, e.g. "schedule.lr=0.001,data.batch_size=8"
     overrides: dict[str, Any]  # typed, by field name: the ones that make this variant differ
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    name = name.strip().replace("-", "_")
+    name = name.strip()
     if not sep or not name:
         raise ValueError(f"expected FIELD=VALUE, got {text!r}")
     return name, value.strip()
 
 
-def typed(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Command-line values as the types of their config fields (the trainer's own `--set` parsing)."""
-    return overrides_from_args(argparse.Namespace(set=[f"{name}={text}" for name, text in pairs]))
-
-
 def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]:
-    """The grid of `vary` axes ("lr=1e-4,1e-3") times the listed `variants` ("norm=post+lr=1e-3",
-    "base", or named for its run directory: "bs1:batch_size=1+max_steps=4096"); one
+    """The grid of `vary` axes ("schedule.lr=1e-4,1e-3") times the listed `variants`
+    ("model.norm=post+schedule.lr=1e-3", "base", or named for its run directory:
+    "bs1:data.batch_size=1+max_steps=4096"); one
     variant with no overrides when both are empty."""
     axes = []
     for spec in vary:
@@ -87,7 +84,7 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
             if name in seen:
                 raise ValueError(f"variant {name!r} is listed twice")
             seen.add(name)
-            result.append(Variant(name, typed(pairs)))
+            result.append(Variant(name, parse_overrides(pairs)))
     return result
 
 
@@ -145,9 +142,9 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Tra
     or "failed" when the trainer died without writing a summary."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    requested = run_dir / "sweep_config.json"
+    requested = run_dir / SWEEP_CONFIG_FILE
     requested.write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    command = [sys.executable, "-m", "pipelines.training.loop", config.dataset, "--config", str(requested), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "pipelines.training.cli", config.dataset, "--config", str(requested), "--run_dir", str(run_dir)]
     if checkpoint_path(run_dir).exists():
         command.append("--resume")
     # Torch reads OMP_NUM_THREADS when it starts: runs side by side must not fight over the cores.
@@ -163,7 +160,7 @@ def summarize_run(name: str, run_dir: Path) -> dict[str, Any]:
     """One row of the sweep summary, from the run's metrics.jsonl and summary.json."""
     summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes()) if (run_dir / SUMMARY_FILE).exists() else {}
     config = orjson.loads((run_dir / CONFIG_FILE).read_bytes()) if (run_dir / CONFIG_FILE).exists() else {}
-    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    rows = read_metrics(run_dir) if (run_dir / METRICS_FILE).exists() else []
     val = [r["val_loss"] for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
     train = [r for r in rows if r.get("train_loss") is not None]
     return {
@@ -172,8 +169,8 @@ def summarize_run(name: str, run_dir: Path) -> dict[str, Any]:
         "status": summary.get("status", "unfinished"),
         "steps": summary.get("step", train[-1]["step"] if train else 0),
         "tokens": summary.get("tokens", train[-1]["tokens"] if train else 0),
-        "batch_size": config.get("batch_size"),
-        "lr": config.get("lr"),
+        "batch_size": config.get("data", {}).get("batch_size"),
+        "lr": config.get("schedule", {}).get("lr"),
         "parameters": summary.get("parameters"),
         "final_train_loss": train[-1]["train_loss"] if train else None,
         "final_val_loss": val[-1] if val else None,
@@ -212,7 +209,7 @@ def write_summary(sweep_dir: Path, names: Sequence[str], title: str | None = Non
     (sweep_dir / SWEEP_SUMMARY_JSON).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     heading = f"# Sweep {title or sweep_dir.name}\n\n"
     (sweep_dir / SWEEP_SUMMARY_MD).write_text(heading + markdown_table(rows), encoding="utf-8")
-    plotted = [row for row in rows if (Path(row["run_dir"]) / "metrics.jsonl").exists()]
+    plotted = [row for row in rows if (Path(row["run_dir"]) / METRICS_FILE).exists()]
     if plotted:
         from pipelines.experiments.plot import plot_runs
 
@@ -256,7 +253,7 @@ def sweep(
     return write_summary(out, list(configs), title=out.name)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.experiments.sweep",
         description="Train a grid of config variants, resumably, and summarise them.",
@@ -264,17 +261,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("config", help="DATASET/PRESET (e.g. tinystories/cpu-small) or a JSON config file")
-    parser.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2", help="a grid axis (repeatable)")
-    parser.add_argument("--variant", action="append", default=[], metavar="F=V[+F=V]|base", help="one listed variant (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override for every variant")
+    parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2", help="a grid axis (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=V[+NAME=V]|base", help="one listed variant (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override for every variant")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<config name>)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained side by side (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads per variant (default: CPUs / jobs)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the summary of the runs present; train nothing")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parser()
+    args = arguments.parse_args(argv)
     try:
         variants = make_variants(args.vary, args.variant)
-        fixed = typed([parse_assignment(item) for item in args.set])
+        fixed = parse_overrides(args.set)
         out = args.out or Path("runs") / f"sweep-{Path(args.config).stem.replace('/', '-')}"
         if args.jobs < 1 or (args.threads is not None and args.threads < 1):
             raise ValueError("--jobs and --threads must be positive")
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads)
     except (ValueError, OSError) as error:
-        parser.error(str(error))
+        arguments.error(str(error))
     print(markdown_table(rows))
     print(f"wrote {out / SWEEP_SUMMARY_MD}, {out / SWEEP_SUMMARY_JSON} and {out / SWEEP_CURVES}")
 

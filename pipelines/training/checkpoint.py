@@ -4,9 +4,9 @@ Two front doors over the same file handling:
 
 - `save_checkpoint(model, optimizer, iteration, out)` / `load_checkpoint(src, model, optimizer)`:
   the handout's interface, for any `nn.Module` and `torch.optim.Optimizer` (their state dicts).
-- `save_training_state(path, state)` / `load_training_state(path)`: the training pipeline's, for
-  the functional step: a parameter pytree and AdamW state by dotted names, the step, the model and
-  training configs, every RNG state and the tokenizer's fingerprint.
+- `save_train_state(path, state, meta)` / `load_train_state(read_train_state(path), ...)`: the
+  training pipeline's, for a `TrainState`: parameters by state-dict names, the optimizer state by
+  pytree paths, the step, key and elapsed seconds, the configs and the tokenizer's fingerprint.
 
 Files are read with `torch.load(weights_only=True)`, which unpickles only tensors and plain
 containers, so opening a checkpoint from elsewhere cannot run code.
@@ -16,14 +16,17 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
-from params.load import strip_compiled_prefix
-from params.tree import flatten, unflatten
+from core.config import ModelConfig
+from core.optim import GradientTransformation
+from core.train_state import TrainState
+from core.tree import tree_leaves_by_path, tree_unflatten
+from params.load import load_params, strip_compiled_prefix
+from params.tree import flatten
 
 FORMAT = "lmkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: a TrainState (optimizer state by pytree paths, a data key instead of RNG states)
 
 PathOrFile = str | os.PathLike | IO[bytes]
 
@@ -47,68 +50,58 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
     return payload["iteration"]
 
 
-def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write the training pipeline's state atomically. `state` holds `step` (int), `params` (a
-    pytree), `opt_state` (AdamW's step and m, v pytrees) and any plain values besides (configs as
-    dicts, `rng` from `capture_rng`, the tokenizer's fingerprint, elapsed seconds...)."""
-    opt_state = state["opt_state"]
+def save_train_state(path: str | os.PathLike, state: TrainState, meta: dict[str, Any]) -> None:
+    """Write `state` atomically: parameters by their state-dict names, the optimizer state by its
+    pytree paths, the step, key and elapsed seconds, and `meta` (plain values: the model and
+    training configs, the tokenizer's fingerprint)."""
+    opt_leaves, _ = tree_leaves_by_path(state.opt_state)
     payload = {
-        **state,
+        **meta,
         "kind": "training",
-        "step": int(state["step"]),
-        "params": _to_cpu(flatten(state["params"])),
-        "opt_state": {
-            "step": int(opt_state["step"]),
-            "m": _to_cpu(flatten(opt_state["m"])),
-            "v": _to_cpu(flatten(opt_state["v"])),
-        },
+        "step": int(state.step),
+        "rng": int(state.rng),
+        "elapsed": float(state.elapsed),
+        "params": _to_cpu(flatten(state.params)),
+        "opt_state": _to_cpu(opt_leaves),
     }
     _write(payload, path)
 
 
-def load_training_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The inverse of `save_training_state`, with tensors moved to `device` and pytrees rebuilt."""
-    payload = _read(path, kind="training")
-    opt_state = payload["opt_state"]
-    return {
-        **payload,
-        "params": _tree_on(payload["params"], device),
-        "opt_state": {
-            "step": opt_state["step"],
-            "m": _tree_on(opt_state["m"], device),
-            "v": _tree_on(opt_state["v"], device),
-        },
-    }
+def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint's payload as saved (tensors on the CPU): for its metadata."""
+    return _read(path, kind="training")
 
 
-def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a training run draws from, as tensors (loadable with weights_only)."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    rng = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "data": data_generator.get_state(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
+def load_train_state(
+    payload: dict[str, Any], config: ModelConfig, optimizer: GradientTransformation, device: str | torch.device = "cpu"
+) -> TrainState:
+    """The TrainState of a payload from `read_train_state`, on `device`. Parameters are checked
+    against `config` and the optimizer state against a fresh `optimizer.init`, name by name and
+    shape by shape, so a checkpoint of another model or optimizer fails here, naming the field."""
+    params = load_params({name: t.to(device) for name, t in payload["params"].items()}, config)
+    template, structure = tree_leaves_by_path(optimizer.init(params))
+    saved = payload["opt_state"]
+    if set(saved) != set(template):
+        raise ValueError(f"the checkpoint's optimizer state does not match the optimizer: missing "
+                         f"{sorted(set(template) - set(saved))}, unexpected {sorted(set(saved) - set(template))}")
+    leaves = []
+    for name, fresh in template.items():
+        leaves.append(_restored(name, saved[name], fresh, device))
+    return TrainState(params, tree_unflatten(leaves, structure), payload["step"], payload["rng"], payload["elapsed"])
 
 
-def restore_rng(rng: dict[str, Any], data_generator: torch.Generator) -> None:
-    torch.set_rng_state(rng["torch"])
-    numpy = rng["numpy"]
-    np.random.set_state(
-        (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"])
-    )
-    data_generator.set_state(rng["data"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+def _restored(name: str, saved: Any, fresh: Any, device: str | torch.device) -> Any:
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != fresh.shape:
+            raise ValueError(f"optimizer state {name}: the checkpoint holds {_describe(saved)}, the optimizer expects {_describe(fresh)}")
+        return saved.to(device=device, dtype=fresh.dtype)
+    if type(saved) is not type(fresh):
+        raise ValueError(f"optimizer state {name}: the checkpoint holds {_describe(saved)}, the optimizer expects {_describe(fresh)}")
+    return saved
+
+
+def _describe(value: Any) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"{type(value).__name__} {value!r}"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -117,12 +110,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _tree_on(flat: dict[str, torch.Tensor], device: str | torch.device) -> Any:
-    return unflatten({name: tensor.to(device) for name, tensor in strip_compiled_prefix(flat).items()})
-
-
-def _to_cpu(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu() for name, tensor in flat.items()}
+def _to_cpu(flat: dict[str, Any]) -> dict[str, Any]:
+    return {name: value.detach().cpu() if isinstance(value, torch.Tensor) else value for name, value in flat.items()}
 
 
 def _write(payload: dict[str, Any], out: PathOrFile) -> None:

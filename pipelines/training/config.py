@@ -1,148 +1,227 @@
-"""What a training run is: `TrainConfig` (model + optimisation + data + bookkeeping), its presets,
-and how a command line resolves to one.
+"""What a training run is: `TrainConfig`, a tree of small frozen dataclasses, and how a command
+line resolves to one.
 
-Resolution order, later wins: the preset < a JSON config file (`--config`, e.g. a run's
-config.json) < individual flags (`--lr 3e-3`, `--d-model 256`) and `--set field=value`.
+Every setting has one name from flag to function: its dotted path in the tree, e.g.
+`schedule.lr`, `model.d_model`, `data.batch_size`. The trainer's flags (`--schedule.lr 3e-3`),
+`--set schedule.lr=3e-3`, sweeps' `--vary schedule.lr=1e-3,3e-3` and `parse_overrides` all take
+these names. Resolution order, later wins: the preset < a JSON config file (`--config`, e.g. a
+run's config.json) < overrides.
 """
 
-import argparse
+import dataclasses
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from core.config import ModelConfig
+from pipelines.training.presets import PRESETS
 
 GRAD_MODES = ("autograd", "func")
 
-# The handout's TinyStories baseline (§7.2): 17M non-embedding parameters, batch x steps x context
-# = 128 x 10,000 x 256 = 327,680,000 tokens. The handout leaves the optimiser to be tuned; these
-# are common starting points (LLaMA-style betas and weight decay), to be refined by a sweep.
-BASELINE: dict[str, Any] = {
-    "model": dict(vocab_size=10_000, context_length=256, d_model=512, d_ff=1344, num_layers=4, num_heads=16, rope_theta=10_000.0),
-    "batch_size": 128,
-    "max_steps": 10_000,
-    "lr": 1e-3,
-    "warmup_steps": 200,
-    "eval_every": 500,
-    "checkpoint_every": 1000,
-}
 
-# Downscaled to show learning within minutes on two CPU cores (the 1 MB sample in ../shared/data is
-# ~250K tokens at this vocabulary, so longer runs start to overfit).
-CPU_SMALL: dict[str, Any] = {
-    "model": dict(vocab_size=2048, context_length=128, d_model=128, num_layers=4, num_heads=4, rope_theta=10_000.0),
-    "batch_size": 32,
-    "max_steps": 600,
-    "lr": 3e-3,
-    "warmup_steps": 30,
-    "eval_every": 100,
-    "eval_windows": 128,
-    "checkpoint_every": 200,
-    "sample_tokens": 96,
-}
+def _require(ok: bool, name: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"TrainConfig.{name} must {requirement}, got {value!r}")
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tinystories": {"baseline": BASELINE, "cpu-small": CPU_SMALL},
-}
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm gradient clipping (core/optim)."""
+
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_gains: bool = False  # decay the RMSNorm gains too (torch.optim.AdamW decays every parameter)
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("beta1", "beta2"):
+            _require(0 <= getattr(self, name) < 1, f"optim.{name}", "lie in [0, 1)", getattr(self, name))
+        for name in ("eps", "weight_decay"):
+            _require(getattr(self, name) >= 0, f"optim.{name}", "be >= 0", getattr(self, name))
+        _require(self.max_grad_norm > 0, "optim.max_grad_norm", "be positive", self.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warm-up to `lr`, cosine decay to `final_lr` at `decay_steps`, then constant."""
+
+    lr: float = 1e-3
+    final_lr: float | None = None  # None: lr / 10, so sweeps over lr keep the ratio
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # None: at the run's max_steps (the handout's tip)
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "schedule.lr", "be positive", self.lr)
+        if self.final_lr is not None:
+            _require(0 <= self.final_lr <= self.lr, "schedule.final_lr", f"lie in [0, schedule.lr = {self.lr}]", self.final_lr)
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "be >= 0", self.warmup_steps)
+        if self.decay_steps is not None:
+            _require(self.decay_steps >= self.warmup_steps, "schedule.decay_steps",
+                     f"be >= schedule.warmup_steps ({self.warmup_steps})", self.decay_steps)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # a directory of train/valid text or .npy; None: download TinyStories
+    tokenizer: str | None = None  # a tokenizer directory; None: trained on the train split (cached)
+    batch_size: int = 32
+    train_mb: int | None = None  # download only the first N MB of the training text (None: all of it)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "data.batch_size", "be positive", self.batch_size)
+        if self.train_mb is not None:
+            _require(self.train_mb > 0, "data.train_mb", "be positive or None", self.train_mb)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 100  # steps between validation losses
+    windows: int = 256  # fixed, evenly spaced validation windows
+
+    def __post_init__(self) -> None:
+        for name in ("every", "windows"):
+            _require(getattr(self, name) > 0, f"eval.{name}", "be positive", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Stories sampled from the final model into samples.txt."""
+
+    count: int = 3
+    prompt: str = "Once upon a time"
+    tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        _require(self.count >= 0, "sample.count", "be >= 0", self.count)
+        _require(self.tokens > 0, "sample.tokens", "be positive", self.tokens)
+        _require(self.temperature >= 0, "sample.temperature", "be >= 0", self.temperature)
+        _require(0 < self.top_p <= 1, "sample.top_p", "lie in (0, 1]", self.top_p)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     dataset: str = "tinystories"
-    data: str | None = None  # directory with train/valid text or .npy; None: download TinyStories
-    tokenizer: str | None = None  # tokenizer directory; None: trained on the train split (cached)
-    batch_size: int = 32
     max_steps: int = 1000
-    lr: float = 1e-3  # peak of the cosine schedule
-    min_lr: float | None = None  # the floor after the decay; None: lr / 10, so sweeps over lr keep the ratio
-    warmup_steps: int = 100
-    cosine_steps: int | None = None  # where the decay ends; None: at max_steps (the handout's tip)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_every: int = 100
-    eval_windows: int = 256  # fixed, evenly spaced validation windows
     log_every: int = 10
     checkpoint_every: int = 500
     device: str = "auto"  # auto: cuda > mps > cpu
     compile: bool = False
     grad_mode: str = "autograd"  # or "func" (torch.func.grad_and_value); see bench/train.py
-    seed: int = 0
+    seed: int = 0  # initial parameters and the data order
     run_dir: str | None = None  # None: runs/<dataset>-<time>
     wandb: bool = False
     wandb_project: str = "lmkit"
-    samples: int = 3
-    sample_prompt: str = "Once upon a time"
-    sample_tokens: int = 128
-    sample_temperature: float = 0.8
-    sample_top_p: float = 0.95
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, ModelConfig):
-            raise ValueError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
-        for f in fields(self):
-            if f.name != "model":
-                _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
-        positive = ("batch_size", "max_steps", "eval_every", "eval_windows", "log_every", "checkpoint_every", "sample_tokens")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "samples", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("eps", "weight_decay", "sample_temperature"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.min_lr ({self.min_lr}) must lie in [0, lr = {self.lr}]")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if not 0 < self.sample_top_p <= 1:
-            raise ValueError(f"TrainConfig.sample_top_p must lie in (0, 1], got {self.sample_top_p!r}")
-        if self.cosine_steps is not None and self.cosine_steps < self.warmup_steps:
-            raise ValueError(
-                f"TrainConfig.cosine_steps ({self.cosine_steps}) must be >= warmup_steps ({self.warmup_steps})"
-            )
-        if self.grad_mode not in GRAD_MODES:
-            raise ValueError(f"TrainConfig.grad_mode must be one of {GRAD_MODES}, got {self.grad_mode!r}")
-        device = self.device.split(":")[0]
-        if device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
-        if self.dataset not in PRESETS:
-            raise ValueError(f"TrainConfig.dataset must be one of {sorted(PRESETS)}, got {self.dataset!r}")
+        for name in ("max_steps", "log_every", "checkpoint_every"):
+            _require(getattr(self, name) > 0, name, "be positive", getattr(self, name))
+        _require(0 <= self.seed < 2**31, "seed", "lie in [0, 2**31)", self.seed)
+        _require(self.grad_mode in GRAD_MODES, "grad_mode", f"be one of {GRAD_MODES}", self.grad_mode)
+        _require(self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"), "device", "be auto, cpu, cuda[:N] or mps", self.device)
+        _require(self.dataset in PRESETS, "dataset", f"be one of {sorted(PRESETS)}", self.dataset)
 
     @property
     def final_lr(self) -> float:
-        return self.lr / 10 if self.min_lr is None else self.min_lr
+        return self.schedule.lr / 10 if self.schedule.final_lr is None else self.schedule.final_lr
 
     @property
     def decay_steps(self) -> int:
-        return self.max_steps if self.cosine_steps is None else self.cosine_steps
+        """Where the cosine ends: schedule.decay_steps, else max_steps (a run too short to finish
+        its warm-up ends during it)."""
+        if self.schedule.decay_steps is not None:
+            return self.schedule.decay_steps
+        return max(self.max_steps, self.schedule.warmup_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "model": self.model.to_dict()}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        values = dict(values)
-        unknown = sorted(set(values) - set(_field_types()) - {"model"})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(_field_types())}")
+        """A validated config from nested plain values; unknown or mistyped fields are named."""
         if "model" not in values:
             raise ValueError("TrainConfig needs a 'model' entry (the ModelConfig fields)")
-        model = values.pop("model")
-        return cls(model=model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model), **values)
+        return _build(cls, values, "")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """`cls` from a dict, nested dataclasses from nested dicts, each value type-checked by name."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config field {prefix.rstrip('.') or 'root'!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {[prefix + name for name in unknown]}; known: {sorted(prefix + k for k in known)}")
+    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [prefix + name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"config field(s) {missing} must be given")
+    built = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            built[name] = value if isinstance(value, kind) else _build(kind, value, f"{prefix}{name}.")
+        else:
+            _check_type(prefix + name, value, kind)
+            built[name] = value
+    return cls(**built)
+
+
+def field_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every leaf setting by its dotted name ("schedule.lr", "model.d_model", "seed"), with its type."""
+    hints = typing.get_type_hints(cls)
+    types_by_name: dict[str, Any] = {}
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            types_by_name.update(field_types(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            types_by_name[prefix + f.name] = hints[f.name]
+    return types_by_name
+
+
+def parse_overrides(pairs: Iterable[str | tuple[str, str]]) -> dict[str, Any]:
+    """Command-line assignments ("schedule.lr=3e-3" or ("schedule.lr", "3e-3")) as typed values
+    by dotted name; an unknown name or a bad value is an error naming it."""
+    types_by_name = field_types()
+    typed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=") if isinstance(pair, str) else (pair[0], "=", pair[1])
+        name = name.strip()
+        if not sep or name not in types_by_name:
+            raise ValueError(f"{''.join(pair)!r}: expected NAME=VALUE with NAME a config field such as "
+                             f"schedule.lr or model.d_model (all: {', '.join(sorted(types_by_name))})")
+        typed[name] = parse_value(name, text.strip(), types_by_name[name])
+    return typed
+
+
+def parse_value(name: str, text: str, annotation: Any) -> Any:
+    """A command-line string as the field's type; errors name the field."""
+    if type(None) in typing.get_args(annotation) and text.lower() in ("none", "null"):
+        return None
+    kind = _base_type(annotation)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"config field {name!r} expects {kind.__name__}, got {text!r}") from None
 
 
 def resolve_config(
@@ -151,113 +230,68 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
 ) -> TrainConfig:
-    """A validated TrainConfig from a preset, an optional JSON file and overrides by field name
-    (model fields and training fields alike, e.g. {"lr": 3e-3, "d_model": 256})."""
+    """A validated TrainConfig from a preset, an optional JSON file and typed overrides by dotted
+    name ({"schedule.lr": 3e-3, "model.d_model": 256})."""
     if dataset not in PRESETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(PRESETS)}")
     if preset not in PRESETS[dataset]:
         raise ValueError(f"unknown preset {preset!r} for {dataset}; known: {sorted(PRESETS[dataset])}")
-    values = {**PRESETS[dataset][preset], "dataset": dataset}
-    values["model"] = dict(values["model"])
+    values = _merge({"dataset": dataset}, PRESETS[dataset][preset])
     if config_file is not None:
-        loaded = orjson.loads(Path(config_file).read_bytes())
-        values["model"].update(loaded.pop("model", {}))
-        values.update(loaded)
-    model_fields = {f.name for f in fields(ModelConfig)}
-    for name, value in (overrides or {}).items():
-        if name in model_fields:
-            values["model"][name] = value
-        elif name in _field_types() or name == "model":
-            values[name] = value
-        else:
-            raise ValueError(f"unknown config field {name!r}; model fields: {sorted(model_fields)}, "
-                             f"training fields: {sorted(_field_types())}")
-    return TrainConfig.from_dict(values)
+        values = _merge(values, _read_config_file(Path(config_file)))
+    return TrainConfig.from_dict(_merge(values, _nest(overrides or {})))
 
 
-def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
-    """A copy of `config` with training or model fields replaced, validated again."""
-    model_fields = {f.name for f in fields(ModelConfig)}
-    model = {k: v for k, v in overrides.items() if k in model_fields}
-    rest = {k: v for k, v in overrides.items() if k not in model_fields}
-    return replace(config, model=replace(config.model, **model), **rest)
+def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A copy of `config` with settings replaced by dotted name, validated again."""
+    return TrainConfig.from_dict(_merge(config.to_dict(), _nest(overrides)))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag-name` per ModelConfig and TrainConfig field (but `dataset`, which picks the
-    presets and is the CLI's positional argument), plus `--set field=value`."""
-    group = parser.add_argument_group("config fields (override the preset)")
-    for name, annotation in _overridable_types().items():
-        flag = "--" + name.replace("_", "-")
-        kind = _base_type(annotation)
-        if kind is bool:
-            group.add_argument(flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL")
-        else:
-            group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=kind.__name__.upper())
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any field")
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The typed overrides given on the command line (flags and --set), by field name."""
-    types_by_name = _overridable_types()
-    raw = {name: getattr(args, name) for name in types_by_name if hasattr(args, name)}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in types_by_name:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types_by_name)}")
-        raw[name] = value
-    return {name: parse_value(name, value, types_by_name[name]) for name, value in raw.items()}
-
-
-def parse_value(name: str, text: str, annotation: Any) -> Any:
-    """A command-line string as the field's type; errors name the field."""
-    optional = type(None) in typing.get_args(annotation)
-    if optional and text.lower() in ("none", "null"):
-        return None
-    kind = _base_type(annotation)
+def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        if kind is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return lowered in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"config field {name!r} expects {kind.__name__}, got {text!r}") from None
+        values = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    return values
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"schedule.lr": 1} -> {"schedule": {"lr": 1}}; names are checked against the config's."""
+    known = field_types()
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name not in known:
+            raise ValueError(f"unknown config field {name!r}; known: {', '.join(sorted(known))}")
+        *path, leaf = name.split(".")
+        node = nested
+        for key in path:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def _base_type(annotation: Any) -> type:
-    """int for `int | None`, str for Literal[...] and str; the type a flag's text converts to."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return type(typing.get_args(annotation)[0])
+    """int for `int | None`; the type a flag's text converts to."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return next(_base_type(a) for a in typing.get_args(annotation) if a is not type(None))
     return annotation
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
-    kind = _base_type(annotation)
     if value is None and type(None) in typing.get_args(annotation):
         return
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    kind = _base_type(annotation)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
         raise ValueError(f"TrainConfig.{name} must be {kind.__name__}, got {value!r}")
-
-
-def _overridable_types() -> dict[str, Any]:
-    types_by_name = {**_model_field_types(), **_field_types()}
-    del types_by_name["dataset"]
-    return types_by_name
-
-
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != "model"}
-
-
-def _model_field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(ModelConfig)
-    return {f.name: hints[f.name] for f in fields(ModelConfig)}

@@ -71,6 +71,12 @@ def get_batch(
     return _windows(dataset, starts.numpy(), context_length, device)
 
 
+def step_generator(key: int, step: int) -> torch.Generator:
+    """The generator that draws step `step`'s batch, seeded from (key, step): a run's data order
+    is a function of its key alone, reproducible and resumable without saving generator state."""
+    return torch.Generator().manual_seed(key << 32 | step)
+
+
 def eval_starts(num_tokens: int, context_length: int, num_windows: int) -> np.ndarray:
     """Evenly spaced window starts over the whole split: the same windows on every evaluation and in
     every run, so validation losses compare across steps, runs and sweeps without sampling noise."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-METRICS_FILE = "metrics.jsonl"
+from pipelines.training.run_dir import METRICS_FILE
 
 
 class MetricsLog:

@@ -1,22 +1,29 @@
-"""From `--data DIR` to token files: find the splits, train the tokenizer and encode when needed.
+"""From `--data.path DIR` to token files: find the splits, train the tokenizer and encode when needed.
 
 A data directory holds either encoded splits (`train.npy` / `valid.npy`, or any `*train*.npy` /
 `*valid*.npy`; a `tokenizer/` beside them is used for samples) or text (`train.txt` /
 `valid.txt`, `tinystories_train.txt`, `TinyStoriesV2-GPT4-valid.txt`, ...). Text is tokenized once
 into the cache ($LMKIT_CACHE, default ./cache): a tokenizer trained on the train split with the
 model's vocabulary size, and the encoded splits, keyed so a changed file or tokenizer is redone.
-Without `--data`, TinyStories-V2 is downloaded into the cache.
+Without it, TinyStories-V2 is downloaded into the cache (only the first data.train_mb MB of its training text when set).
 """
 
 import hashlib
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from core.tokenizer import Tokenizer
 
 from pipelines.training.download import cache_dir, fetch_tinystories
 from pipelines.tokenizer.encode import encode_file
 from pipelines.training.config import TrainConfig
+from pipelines.training.data import check_tokens, eval_starts, open_tokens
+from pipelines.training.run_dir import TOKENIZER_DIR
 from pipelines.tokenizer.train import train_tokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
@@ -30,11 +37,38 @@ class DataFiles:
     tokenizer: Path | None  # the directory that decodes them, when known
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    train: np.ndarray  # memory-mapped token ids
+    valid: np.ndarray
+    valid_starts: np.ndarray  # the fixed validation windows
+    tokenizer: Tokenizer | None
+
+
+def open_training_data(config: TrainConfig, run_dir: Path) -> TrainingData:
+    """Token files checked against the vocabulary; the tokenizer copied into the run, when known,
+    so that the run decodes on its own."""
+    files = prepare_data(config)
+    train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
+    for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
+        check_tokens(tokens, config.model.vocab_size, name=str(path))
+    if files.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
+        shutil.copytree(files.tokenizer, run_dir / TOKENIZER_DIR)
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    if tokenizer is not None and len(tokenizer.vocab) < config.model.vocab_size:
+        print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {config.model.vocab_size} "
+              "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
+    starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval.windows)
+    return TrainingData(train_tokens, valid_tokens, starts, tokenizer)
+
+
 def prepare_data(config: TrainConfig) -> DataFiles:
-    source = Path(config.data) if config.data else fetch_tinystories(cache_dir() / "data" / config.dataset)
+    """The token files (and tokenizer) of config.data: found, or made from text and cached."""
+    data = config.data
+    source = Path(data.path) if data.path else fetch_tinystories(cache_dir() / "data" / config.dataset, data.train_mb)
     if not source.is_dir():
-        raise FileNotFoundError(f"--data {source} is not a directory")
-    tokenizer = Path(config.tokenizer) if config.tokenizer else None
+        raise FileNotFoundError(f"--data.path {source} is not a directory")
+    tokenizer = Path(data.tokenizer) if data.tokenizer else None
     train_npy, valid_npy = find_split(source, "train", ".npy"), find_split(source, "valid", ".npy")
     if train_npy and valid_npy:
         if tokenizer is None and (source / "tokenizer").is_dir():
@@ -63,7 +97,7 @@ def find_split(directory: Path, split: str, suffix: str) -> Path | None:
         if any(word in re.split(r"[-_.\s]+", path.stem.lower()) for word in words)
     ]
     if len(found) > 1:
-        raise ValueError(f"several {split} files in {directory}: {[p.name for p in found]}; keep one or pass another --data")
+        raise ValueError(f"several {split} files in {directory}: {[p.name for p in found]}; keep one or pass another --data.path")
     return found[0] if found else None
 
 

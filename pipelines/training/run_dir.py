@@ -6,16 +6,22 @@
     RUN/tokenizer/         a copy of the tokenizer that encoded the data, when known
     RUN/samples.txt        stories sampled at the end of training
     RUN/summary.json       status (completed / interrupted / diverged), final losses, throughput
+    RUN/sweep_config.json  the config a sweep asked this run for (runs started by a sweep only)
+    RUN/plots/loss.png     learning curves, when `just plot RUN` drew them
 """
 
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SWEEP_CONFIG_FILE = "sweep_config.json"
+PLOT_FILE = Path("plots") / "loss.png"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.txt"
 TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
 LAST, FINAL = "last.pt", "final.pt"
 
 
 def checkpoint_path(run_dir: str | Path, name: str = LAST) -> Path:
-    return Path(run_dir) / "checkpoints" / name
+    return Path(run_dir) / CHECKPOINT_DIR / name

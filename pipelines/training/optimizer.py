@@ -1,0 +1,30 @@
+"""The optimizer and learning-rate schedule a TrainConfig describes, built from core/optim."""
+
+from collections.abc import Callable
+
+from core.optim import GradientTransformation, adamw, chain, clip_by_global_norm, decay_matrices
+from core.schedule import warmup_cosine
+from pipelines.training.config import TrainConfig
+
+
+def make_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """Step -> learning rate: warm-up to schedule.lr, cosine decay to the final rate."""
+    return warmup_cosine(config.schedule.lr, config.final_lr, config.schedule.warmup_steps, config.decay_steps)
+
+
+def make_optimizer(config: TrainConfig) -> GradientTransformation:
+    """Clip by global norm, then AdamW on the schedule. Weight decay skips the RMSNorm gains
+    (1-D leaves) unless optim.decay_gains: a gain pulled towards 0 only rescales a normalised
+    activation, which the next matrix can undo."""
+    optim = config.optim
+    return chain(
+        clip_by_global_norm(optim.max_grad_norm),
+        adamw(
+            make_schedule(config),
+            b1=optim.beta1,
+            b2=optim.beta2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=None if optim.decay_gains else decay_matrices,
+        ),
+    )

@@ -1,0 +1,77 @@
+"""The pure step `(state, batch) -> (state, metrics)` against the same update done the usual way:
+nn.Parameters, backward(), clip_grad_norm_ and torch.optim.AdamW with param groups."""
+
+import pytest
+import torch
+
+from core.config import ModelConfig
+from core.loss import cross_entropy
+from core.model import forward
+from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
+from core.schedule import warmup_cosine
+from core.train_state import init_train_state
+from core.train_step import make_train_step
+from params.init import init_params
+from params.tree import flatten, unflatten
+
+CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2)
+SCHEDULE = warmup_cosine(3e-2, 3e-3, 2, 8)
+
+
+def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(3)
+    tokens = [torch.randint(0, CONFIG.vocab_size, (4, 17), generator=generator) for _ in range(count)]
+    return [(t[:, :-1], t[:, 1:]) for t in tokens]
+
+
+def _torch_steps(initial: dict, batches, max_norm: float) -> dict[str, torch.Tensor]:
+    """The conventional loop: in-place parameters, clip_grad_norm_, AdamW with a no-decay group
+    for the RMSNorm gains, the learning rate set from the schedule before each step."""
+    named = {name: torch.nn.Parameter(t.clone()) for name, t in initial.items()}
+    groups = [
+        {"params": [p for p in named.values() if p.ndim >= 2], "weight_decay": 0.1},
+        {"params": [p for p in named.values() if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    for step, (x, y) in enumerate(batches):
+        optimizer.zero_grad()
+        cross_entropy(forward(unflatten(dict(named)), x, CONFIG), y).backward()
+        torch.nn.utils.clip_grad_norm_(named.values(), max_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = SCHEDULE(step)
+        optimizer.step()
+    return {name: p.detach() for name, p in named.items()}
+
+
+@pytest.mark.parametrize("grad_mode", ["autograd", "func"])
+@pytest.mark.parametrize("max_norm", [1e9, 0.5])  # clipping off, and clipping every step
+def test_the_pure_step_equals_the_torch_optim_loop(grad_mode, max_norm):
+    params = init_params(CONFIG, torch.Generator().manual_seed(0))
+    optimizer = chain(
+        clip_by_global_norm(max_norm),
+        adamw(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=decay_matrices),
+    )
+    step = make_train_step(CONFIG, optimizer, grad_mode=grad_mode)
+    state = init_train_state(params, optimizer, rng=0)
+    batches = _batches(6)
+    for batch in batches:
+        state, metrics = step(state, batch)
+    expected = _torch_steps(flatten(params), batches, max_norm)
+    assert state.step == 6
+    for name, tensor in flatten(state.params).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_step_leaves_its_input_state_untouched_and_reports_loss_and_norm():
+    params = init_params(CONFIG, torch.Generator().manual_seed(0))
+    optimizer = chain(clip_by_global_norm(1.0), adamw(1e-2))
+    state = init_train_state(params, optimizer, rng=0)
+    before = {name: t.clone() for name, t in flatten(state.params).items()}
+    x, y = _batches(1)[0]
+    new_state, metrics = make_train_step(CONFIG, optimizer)(state, (x, y))
+    assert all(torch.equal(t, before[name]) for name, t in flatten(state.params).items())
+    assert state.step == 0 and new_state.step == 1
+    assert torch.allclose(metrics["loss"], cross_entropy(forward(params, x, CONFIG), y))
+    grads = torch.func.grad(lambda p: cross_entropy(forward(p, x, CONFIG), y))(params)
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in flatten(grads).values()]))
+    assert torch.allclose(metrics["grad_norm"], norm, rtol=1e-5)
