@@ -12,7 +12,7 @@ entries for the pairs whose counts changed. Stale heap entries are skipped when 
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 
 from core.bytes_unicode import printable_byte_order
@@ -47,13 +47,14 @@ def descending_key(token: bytes) -> tuple[int, ...]:
     return (*(255 - b for b in token), 256)
 
 
-def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> Iterator[tuple[bytes, bytes]]:
+def iter_merges(word_counts: Mapping[bytes, int], vocab: Mapping[int, bytes]) -> Iterator[tuple[bytes, bytes]]:
     """The merges BPE learns from `word_counts`, most frequent pair first, lazily.
 
-    Each merge adds the merged token to `vocab` (which must hold all 256 single bytes) under the
-    next id. Ties in count go to the lexicographically greater pair of byte strings. Stops when no
-    pair occurs any more (every word is a single token).
+    `vocab` (left unchanged) must hold all 256 single bytes; the merged tokens take the ids after
+    it, in order, as `extend_vocab` assigns them. Ties in count go to the lexicographically greater
+    pair of byte strings. Stops when no pair occurs any more (every word is a single token).
     """
+    vocab = dict(vocab)  # grows by one token per merge: the ids of later pairs refer to it
     byte_id = {token[0]: i for i, token in vocab.items() if len(token) == 1}
     words = [[byte_id[b] for b in word] for word in word_counts]
     counts = list(word_counts.values())
@@ -124,6 +125,12 @@ def iter_merges(word_counts: Mapping[bytes, int], vocab: dict[int, bytes]) -> It
         next_id += 1
 
 
+def extend_vocab(vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]]) -> dict[int, bytes]:
+    """`vocab` plus one token per merge, under the ids after max(vocab), in merge order."""
+    start = max(vocab) + 1
+    return {**vocab, **{start + n: left + right for n, (left, right) in enumerate(merges)}}
+
+
 def train_bpe_from_counts(
     word_counts: Mapping[bytes, int], vocab_size: int, special_tokens: Sequence[str]
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
@@ -134,4 +141,4 @@ def train_bpe_from_counts(
     """
     vocab = initial_vocab(special_tokens, vocab_size)
     merges = list(islice(iter_merges(word_counts, vocab), vocab_size - len(vocab)))
-    return vocab, merges
+    return extend_vocab(vocab, merges), merges

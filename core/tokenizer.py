@@ -4,20 +4,20 @@ Encoding cuts out special tokens, splits the rest into pre-tokens with the GPT-2
 each pre-token into ids by applying merges lowest rank (earliest learned) first. Text repeats its
 words, so each distinct pre-token is merged once and then served from a cache.
 
-On disk a tokenizer is GPT-2's format, vocab.json and merges.txt in the printable-byte alphabet,
-plus special_tokens.json; HuggingFace `tokenizers` and GPT-2's own files read the same way.
+The text formats are GPT-2's, vocab.json and merges.txt in the printable-byte alphabet
+(`parse_vocab` / `format_vocab`, `parse_merges` / `format_merges`); HuggingFace `tokenizers` and
+GPT-2's own files read the same way. `Tokenizer.from_files` is the handout's reader of those two
+files; directories of them are loaded and saved by pipelines/tokenizer/store.py.
 """
 
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from itertools import chain
-from pathlib import Path
+from os import PathLike
 
 from core.bytes_unicode import from_printable, to_printable
 from core.pretokenize import PRETOKEN_RE, special_token_regex, split_on_special, stable_length
-
-VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 
 # Past this many distinct pre-tokens the cache starts over: memory stays bounded on endless streams,
 # and real text's frequent words are back in it within a few kilobytes.
@@ -143,42 +143,15 @@ class Tokenizer:
 
     @classmethod
     def from_files(
-        cls, vocab_filepath: str | Path, merges_filepath: str | Path, special_tokens: list[str] | None = None
+        cls, vocab_filepath: str | PathLike, merges_filepath: str | PathLike, special_tokens: list[str] | None = None
     ) -> "Tokenizer":
         """Read GPT-2-format files: vocab.json (printable token -> id) and merges.txt ("A B" per line,
         an optional "#version" first line)."""
         with open(vocab_filepath, encoding="utf-8") as file:
-            vocab = {i: from_printable(token) for token, i in json.load(file).items()}
-        merges = []
+            vocab = parse_vocab(file.read())
         with open(merges_filepath, encoding="utf-8") as file:
-            for number, line in enumerate(file, start=1):
-                line = line.rstrip("\r\n")
-                if not line or (number == 1 and line.startswith("#version")):
-                    continue
-                left, sep, right = line.partition(" ")
-                if not sep or " " in right:
-                    raise ValueError(f"{merges_filepath}:{number}: expected two tokens separated by one space, got {line!r}")
-                merges.append((from_printable(left), from_printable(right)))
+            merges = parse_merges(file.read(), source=str(merges_filepath))
         return cls(vocab, merges, special_tokens)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "Tokenizer":
-        """The tokenizer `save` wrote to `directory`."""
-        directory = Path(directory)
-        specials_path = directory / SPECIALS_FILE
-        specials = json.loads(specials_path.read_text(encoding="utf-8")) if specials_path.exists() else []
-        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, specials)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if needed)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        vocab = {to_printable(token): i for i, token in sorted(self.vocab.items())}
-        (directory / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        lines = ["#version: 0.2"] + [f"{to_printable(left)} {to_printable(right)}" for left, right in self.merges]
-        (directory / MERGES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (directory / SPECIALS_FILE).write_text(json.dumps(self.special_tokens, ensure_ascii=False) + "\n", encoding="utf-8")
-        return directory
 
     def fingerprint(self) -> str:
         """sha256 of the vocabulary, merges and special tokens: equal fingerprints, equal encodings."""
@@ -190,3 +163,36 @@ class Tokenizer:
         for special in self.special_tokens:
             digest.update(b"s%d:" % len(special.encode("utf-8")) + special.encode("utf-8"))
         return digest.hexdigest()
+
+
+def parse_vocab(text: str) -> dict[int, bytes]:
+    """id -> token bytes from vocab.json's text: a JSON object of printable token -> id."""
+    return {i: from_printable(token) for token, i in json.loads(text).items()}
+
+
+def format_vocab(vocab: dict[int, bytes]) -> str:
+    """vocab.json's text for `vocab`, tokens in id order."""
+    printable = {to_printable(token): i for i, token in sorted(vocab.items())}
+    return json.dumps(printable, ensure_ascii=False, indent=1) + "\n"
+
+
+def parse_merges(text: str, source: str = "merges.txt") -> list[tuple[bytes, bytes]]:
+    """The merges of merges.txt's text, in order: "A B" per line, an optional "#version" first
+    line. Errors name `source` and the line."""
+    merges = []
+    # Split on newlines only: str.splitlines would also split on characters such as U+0085.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line or (number == 1 and line.startswith("#version")):
+            continue
+        left, sep, right = line.partition(" ")
+        if not sep or " " in right:
+            raise ValueError(f"{source}:{number}: expected two tokens separated by one space, got {line!r}")
+        merges.append((from_printable(left), from_printable(right)))
+    return merges
+
+
+def format_merges(merges: list[tuple[bytes, bytes]]) -> str:
+    """merges.txt's text for `merges`, with GPT-2's "#version: 0.2" first line."""
+    lines = ["#version: 0.2"] + [f"{to_printable(left)} {to_printable(right)}" for left, right in merges]
+    return "\n".join(lines) + "\n"

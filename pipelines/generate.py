@@ -18,6 +18,7 @@ from core.tree import Tree
 from params.load import load_params
 from pipelines.training.checkpoint import read_train_state
 from pipelines.training.device import select_device
+from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
 
 EOS = "<|endoftext|>"
@@ -39,7 +40,7 @@ def generate_text(
     tokenizer_dir = run_dir / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{tokenizer_dir} not found: the run was trained on pre-encoded tokens without a tokenizer")
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     saved = read_train_state(checkpoint or checkpoint_path(run_dir))
     if saved["tokenizer"] is not None and saved["tokenizer"] != tokenizer.fingerprint():
         raise ValueError(f"{tokenizer_dir} is not the tokenizer the checkpoint was trained with (fingerprints differ)")

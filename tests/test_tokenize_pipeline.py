@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from core.tokenizer import Tokenizer
-from pipelines.tokenizer.encode import encode_file, load_tokenizer, main
+from pipelines.tokenizer.encode import encode_file, main
+from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 
 EOT = "<|endoftext|>"
@@ -53,7 +54,7 @@ def test_output_is_the_encoding_of_the_whole_text_with_its_sidecar(corpus, tmp_p
 @pytest.mark.parametrize("separator", [f"\n{EOT}\n", EOT, "\n"], ids=["eot-lines", "eot-inline", "no-special"])
 def test_workers_write_the_same_ids_in_file_order(corpus, tmp_path, separator):
     _, tokenizer_dir = corpus
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     path = tmp_path / "text.txt"
     path.write_text(make_text(1500, separator, seed=3), encoding="utf-8")
     parallel = encode_file(path, tokenizer, tmp_path / "parallel.npy", workers=2, piece_bytes=2048)
@@ -68,7 +69,7 @@ def test_rerun_with_the_same_inputs_does_nothing(corpus, tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert out.stat().st_mtime_ns == written
 
-    other = Tokenizer.load(tokenizer_dir)
+    other = load_tokenizer(tokenizer_dir)
     other = Tokenizer(other.vocab, other.merges[:-10], other.special_tokens)
     encode_file(path, other, out)
     assert np.load(out).tolist() == other.encode(path.read_text(encoding="utf-8"))

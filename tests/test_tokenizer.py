@@ -9,7 +9,8 @@ from itertools import islice, repeat
 import pytest
 
 from conftest import shared_path
-from core.tokenizer import Tokenizer
+from core.tokenizer import Tokenizer, format_merges, parse_merges
+from pipelines.tokenizer.store import load_tokenizer, save_tokenizer
 from pipelines.tokenizer.train import train_bpe
 
 EOT = "<|endoftext|>"
@@ -167,15 +168,23 @@ def test_save_and_load_round_trip_every_byte_value(tmp_path):
     for left, right in merges:
         vocab[len(vocab)] = left + right
     tokenizer = Tokenizer(vocab, merges, ["<|endoftext|>", "<|a b|>"])
-    directory = tokenizer.save(tmp_path / "tok")
+    directory = save_tokenizer(tokenizer, tmp_path / "tok")
     assert (directory / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n#version: x\n")
-    loaded = Tokenizer.load(directory)
+    loaded = load_tokenizer(directory)
     assert loaded.vocab == tokenizer.vocab
     assert loaded.merges == tokenizer.merges
     assert loaded.special_tokens == tokenizer.special_tokens
     assert loaded.fingerprint() == tokenizer.fingerprint()
     text = "a \n\xff<|a b|> #version:x"
     assert loaded.encode(text) == tokenizer.encode(text)
+
+
+def test_merges_text_round_trips_and_bad_lines_name_their_place():
+    merges = [(b" ", b"\n"), (b"\xff", b"\x00"), (b"\x85", b"\xe2\x80\xa8")]  # NEL and U+2028 bytes
+    assert parse_merges(format_merges(merges)) == merges
+    assert parse_merges("a b\r\nc d\r\n") == [(b"a", b"b"), (b"c", b"d")]
+    with pytest.raises(ValueError, match=r"m\.txt:3: expected two tokens separated by one space, got 'a b c'"):
+        parse_merges("#version: 0.2\na b\na b c\n", source="m.txt")
 
 
 def test_fingerprint_changes_with_the_merges(ours):
@@ -188,7 +197,7 @@ def test_saved_tokenizer_loads_into_hf_tokenizers_with_the_same_ids(tmp_path):
     hf = pytest.importorskip("tokenizers")
     vocab, merges = train_bpe(shared_path("fixtures/corpus.en"), 1000, [EOT])
     ours = Tokenizer(vocab, merges, [EOT])
-    directory = ours.save(tmp_path / "tok")
+    directory = save_tokenizer(ours, tmp_path / "tok")
 
     theirs = hf.Tokenizer(hf.models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt")))
     theirs.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 
 from conftest import shared_path
-from core.bpe import train_bpe_from_counts
+from core.bpe import initial_vocab, iter_merges, train_bpe_from_counts
 from core.bytes_unicode import from_printable
 from core.pretokenize import count_pretokens
-from core.tokenizer import Tokenizer
 from pipelines.tokenizer.files import cut_points, read_pieces
+from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import main, train_bpe, train_tokenizer
 
 EOT = "<|endoftext|>"
@@ -132,7 +132,7 @@ def test_cli_trains_saves_and_reports(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "vocab size   500 (243 merges)" in report
     assert "wall time" in report and "peak memory" in report and "longest" in report
-    loaded = Tokenizer.load(out)
+    loaded = load_tokenizer(out)
     assert loaded.merges == reference_merges() and loaded.vocab == reference_vocab()
     with pytest.raises(SystemExit, match="error: .*does not exist"):
         main([str(tmp_path / "nope.txt"), "--vocab-size", "500", "--out", str(out)])
@@ -140,4 +140,11 @@ def test_cli_trains_saves_and_reports(tmp_path, capsys):
 
 def test_train_tokenizer_returns_a_loadable_directory(tmp_path):
     directory = train_tokenizer(shared_path("fixtures/corpus.en"), 500, [EOT], tmp_path / "tok")
-    assert Tokenizer.load(directory).merges == reference_merges()
+    assert load_tokenizer(directory).merges == reference_merges()
+
+
+def test_iter_merges_yields_pairs_and_leaves_the_vocabulary_alone():
+    vocab = initial_vocab([], 300)
+    before = dict(vocab)
+    assert list(iter_merges({b"abab": 3}, vocab)) == [(b"a", b"b"), (b"ab", b"ab")]
+    assert vocab == before

@@ -27,6 +27,7 @@ import orjson
 from core.tokenizer import Tokenizer
 from pipelines.training.download import cache_dir
 from pipelines.training.prepare import SPECIAL_TOKENS, file_key
+from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import SERIAL_BELOW, count_file, default_workers, train_tokenizer
 
 EOT = "<|endoftext|>"
@@ -65,7 +66,7 @@ def trained_tokenizer(text: Path, vocab_size: int, cache: Path) -> tuple[Tokeniz
             "train_bytes": text.stat().st_size,
         }
         (directory / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    return Tokenizer.load(directory), orjson.loads((directory / META_FILE).read_bytes())
+    return load_tokenizer(directory), orjson.loads((directory / META_FILE).read_bytes())
 
 
 def documents(text: str) -> list[str]:

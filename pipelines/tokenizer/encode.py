@@ -27,15 +27,11 @@ from tqdm import tqdm
 
 from core.tokenizer import Tokenizer
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
+from pipelines.tokenizer.store import load_tokenizer
 
 # The .npy header written for a 1-D array pads its shape field so that its length (128 bytes) does
 # not depend on the number of elements: reserve it, stream the ids after it, fill it in at the end.
 _HEADER_BYTES = 128
-
-
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """The tokenizer saved in `directory` (vocab.json, merges.txt, special_tokens.json)."""
-    return Tokenizer.load(directory)
 
 
 def _npy_header(dtype: np.dtype, length: int) -> bytes:

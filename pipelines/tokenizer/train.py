@@ -23,10 +23,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.bpe import initial_vocab, iter_merges
+from core.bpe import extend_vocab, initial_vocab, iter_merges
 from core.pretokenize import count_pretokens, special_token_regex
 from core.tokenizer import Tokenizer
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
+from pipelines.tokenizer.store import save_tokenizer
+
 
 def _count_range(task: tuple[Path, int, int, list[str], int]) -> tuple[Counter[str], int]:
     """Pre-token counts of one byte range, and its length in bytes (for the progress bar)."""
@@ -90,7 +92,7 @@ def train_bpe(
     merges = list(
         tqdm(islice(iter_merges(word_counts, vocab), wanted), total=wanted, desc="merge", disable=not progress)
     )
-    return vocab, merges
+    return extend_vocab(vocab, merges), merges
 
 
 def train_tokenizer(
@@ -102,7 +104,7 @@ def train_tokenizer(
 ) -> Path:
     """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer to `out_dir`."""
     vocab, merges = train_bpe(input_path, vocab_size, special_tokens, **kwargs)
-    return Tokenizer(vocab, merges, list(special_tokens)).save(out_dir)
+    return save_tokenizer(Tokenizer(vocab, merges, list(special_tokens)), out_dir)
 
 
 def _peak_memory_mib() -> float:
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
     except (ValueError, OSError) as error:
         sys.exit(f"error: {error}")
-    out = Tokenizer(vocab, merges, args.special).save(args.out)
+    out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
     elapsed = time.perf_counter() - started
 
     specials = {token.encode("utf-8") for token in args.special}

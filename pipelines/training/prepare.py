@@ -21,6 +21,7 @@ from core.tokenizer import Tokenizer
 
 from pipelines.training.download import cache_dir, fetch_tinystories
 from pipelines.tokenizer.encode import encode_file
+from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import check_tokens, eval_starts, open_tokens
 from pipelines.training.run_dir import TOKENIZER_DIR
@@ -54,7 +55,7 @@ def open_training_data(config: TrainConfig, run_dir: Path) -> TrainingData:
         check_tokens(tokens, config.model.vocab_size, name=str(path))
     if files.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
         shutil.copytree(files.tokenizer, run_dir / TOKENIZER_DIR)
-    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
     if tokenizer is not None and len(tokenizer.vocab) < config.model.vocab_size:
         print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {config.model.vocab_size} "
               "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
