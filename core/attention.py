@@ -19,7 +19,8 @@ Rotation = tuple[Tensor, Tensor]
 def rope_table(
     d_k: int, theta: float, max_seq_len: int, device: torch.device
 ) -> tuple[Float[Tensor, "max_seq_len half_d_k"], Float[Tensor, "max_seq_len half_d_k"]]:
-    """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device).
+    """cos and sin of position * theta^(-2k/d_k), built once per (d_k, theta, max_seq_len, device):
+    an lru_cache keeps them, a memo of a pure function (core's only state besides bytes_unicode's).
 
     A constant of compiled graphs: traced instead, inductor fuses the table's float64 cos/sin into
     every rotation and recomputes them per element (a fifth of a small model's step on the CPU)."""
@@ -88,6 +89,8 @@ def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Bool[T
     return torch.arange(num_keys, device=device)[None, :] <= queries
 
 
+# einx.id("... s (h d) -> ... h s d") / einx.dot would read better, but their ~40 us dispatch per call
+# halves KV-cache decoding (bench.generate, 1 thread: 773 -> 333 tokens/s); training steps time the same.
 def split_heads(x: Float[Tensor, "*batch seq d_model"], num_heads: int) -> Float[Tensor, "*batch heads seq d_k"]:
     return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
 

@@ -8,8 +8,11 @@ from torch import Tensor
 def cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tensor, "*batch"]) -> Float[Tensor, ""]:
     """Mean over all leading positions of -log softmax(logits)[target].
 
-    Computed as logsumexp(logits) - logits[target], in float32, so that no probability is ever
-    materialised: the loss stays finite for logits of any magnitude."""
+    Computed in float32 as logsumexp(logits) - logits[target], with the row max subtracted first:
+    exp() sees only values <= 0 and the log is taken of a sum >= 1, so the loss stays finite for
+    logits of any magnitude. exp(logits - max) is still formed as one (*batch, vocab) float32
+    temporary (torch.logsumexp forms the same one, and its backward measured ~30% slower on the
+    CPU); what is never formed is a normalised probability or its elementwise log."""
     logits = logits.float()
     shift = logits.amax(dim=-1, keepdim=True).detach()
     shifted = logits - shift
