@@ -15,10 +15,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from core import attention, layers, loss, model
-from core.clip import clip_grad_norm_
 from core.config import ModelConfig
 from core.schedule import cosine_schedule
 from core.tokenizer import Tokenizer
+from params.clip import clip_grad_norm_
 from params.load import load_params
 from params.optimizer import AdamW
 from params.tree import unflatten
@@ -175,7 +175,9 @@ def get_adamw_cls() -> Any:
 def run_get_lr_cosine_schedule(
     it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int, cosine_cycle_iters: int
 ) -> float:
-    return cosine_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters)
+    return cosine_schedule(
+        step=it, lr=max_learning_rate, final_lr=min_learning_rate, warmup_steps=warmup_iters, decay_steps=cosine_cycle_iters
+    )
 
 
 def run_save_checkpoint(

@@ -1,0 +1,27 @@
+"""Optimizers as gradient transformations, optax style (see core/optim/base.py)."""
+
+from core.optim.adam import ScaleByAdamState, scale_by_adam
+from core.optim.adamw import adamw
+from core.optim.base import EmptyState, GradientTransformation, apply_updates, chain, global_norm
+from core.optim.clip import clip_by_global_norm, clip_scale
+from core.optim.learning_rate import Schedule, ScaleByLearningRateState, scale_by_learning_rate
+from core.optim.weight_decay import Mask, add_decayed_weights, decay_matrices
+
+__all__ = [
+    "EmptyState",
+    "GradientTransformation",
+    "Mask",
+    "ScaleByAdamState",
+    "ScaleByLearningRateState",
+    "Schedule",
+    "adamw",
+    "add_decayed_weights",
+    "apply_updates",
+    "chain",
+    "clip_by_global_norm",
+    "clip_scale",
+    "decay_matrices",
+    "global_norm",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+]
