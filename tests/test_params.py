@@ -4,8 +4,12 @@ import math
 
 import pytest
 import torch
+from jaxtyping import TypeCheckError
 
+from core import layers
 from core.config import ModelConfig, default_d_ff
+from core.loss import cross_entropy
+from core.model import forward
 from params.init import count_params, init_params, param_shapes
 from params.load import load_params
 from params.tree import flatten, unflatten
@@ -96,21 +100,33 @@ def test_load_params_checks_names_and_shapes():
 
 
 def test_runtime_shape_checking_catches_a_wrong_shape():
-    from core import layers
-
     if not hasattr(layers.linear, "__wrapped__"):
         pytest.skip("runtime shape checking is off: run through `just test`")
-    from jaxtyping import TypeCheckError
-
     with pytest.raises(TypeCheckError, match="d_in"):
         layers.linear(torch.zeros(3, 4), torch.zeros(2, 5))
 
 
-def test_module_shells_without_a_generator_draw_from_torchs_rng():
-    from params.modules import Linear
+CPU_SMALL = dict(vocab_size=2048, context_length=128, d_model=128, num_layers=4, num_heads=4)
 
-    torch.manual_seed(0)
-    a, b = Linear(8, 8), Linear(8, 8)
-    assert not torch.equal(a.weight, b.weight)
-    torch.manual_seed(0)
-    assert torch.equal(Linear(8, 8).weight, a.weight)
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_embeddings": True}, {"tie_embeddings": True, "norm": "post"}, {"tie_embeddings": True, "position": "none"}],
+    ids=["untied", "tied", "tied-post-norm", "tied-nope"],
+)
+def test_initial_loss_is_near_log_vocab(overrides):
+    # Fresh logits should be small, so that the first loss is the uniform guess's ln V: a tied
+    # embedding initialised with the embedding's std 1 gave ~87 here.
+    config = ModelConfig(**CPU_SMALL, **overrides)
+    params = init_params(config, torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, config.vocab_size, (4, 65), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = cross_entropy(forward(params, tokens[:, :-1], config), tokens[:, 1:]).item()
+    assert abs(loss - math.log(config.vocab_size)) < 0.1 * math.log(config.vocab_size)
+
+
+def test_tied_embedding_takes_the_output_heads_init():
+    config = ModelConfig(**CPU_SMALL, tie_embeddings=True)
+    emb = init_params(config, torch.Generator().manual_seed(0))["token_embeddings"]["weight"]
+    std = math.sqrt(2 / (config.vocab_size + config.d_model))
+    assert abs(emb.std().item() - 0.9866 * std) < 0.02 * std and emb.abs().max() <= 3 * std + 1e-6
