@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from pipelines.training.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
-from tests.adapters import run_get_batch
 
 
 def test_get_batch_shapes_shift_and_uniform_starts():
     dataset = np.arange(0, 100)
     context_length, batch_size, iterations = 7, 32, 1000
+    generator = torch.Generator().manual_seed(0)
     starts: Counter[int] = Counter()
     for _ in range(iterations):
-        x, y = run_get_batch(dataset=dataset, batch_size=batch_size, context_length=context_length, device="cpu")
+        x, y = get_batch(dataset, batch_size, context_length, "cpu", generator=generator)
         assert x.shape == y.shape == (batch_size, context_length)
         assert x.dtype == y.dtype == torch.int64
         assert torch.equal(x + 1, y)
@@ -24,13 +24,12 @@ def test_get_batch_shapes_shift_and_uniform_starts():
     assert min(starts) == 0 and max(starts) == possible - 1
     expected = iterations * batch_size / possible
     # Each count is binomial: 5 standard deviations either side holds for every start.
-    spread = 5 * np.sqrt(expected)
-    assert all(abs(starts[s] - expected) < spread for s in range(possible))
+    assert all(abs(starts[s] - expected) < 5 * np.sqrt(expected) for s in range(possible))
 
 
 def test_get_batch_on_an_unavailable_device_raises():
     with pytest.raises((RuntimeError, AssertionError)):
-        run_get_batch(dataset=np.arange(100), batch_size=4, context_length=7, device="cuda:99")
+        get_batch(np.arange(100), 4, 7, "cuda:99", generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.uint32, np.int64])

@@ -5,47 +5,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
-from core.attention import causal_mask, rope_table
-from core.config import ModelConfig
+from core.attention import causal_mask, multihead_self_attention, rope, rope_table, scaled_dot_product_attention
+from core.loss import cross_entropy
+from core.model import forward, transformer_block
 from params.init import init_params
+from params.load import load_params
 from params.modules import TransformerLM
 from params.tree import flatten
 
-from . import adapters
+from .inputs import randint, randn, small_config, snapshot, snapshot_inputs
 from .reference import attention64, block64, lm64, rope64
-
-
-def randn(seed: int, *shape: int) -> torch.Tensor:
-    torch.manual_seed(seed)
-    return torch.randn(*shape)
-
-
-def snapshot_inputs():
-    q, k, v, x = randn(1, 4, 12, 64), randn(2, 4, 16, 64), randn(3, 4, 16, 64), randn(4, 4, 12, 64)
-    mask = randn(5, 4, 12, 16) > 0.5
-    return q, k, v, x, mask
-
-
-def snapshot(name: str) -> np.ndarray:
-    return np.load(shared_path(f"fixtures/snapshots/{name}.npz"))["array"]
 
 
 def test_attention_matches_snapshot():
     q, k, v, _, mask = snapshot_inputs()
-    out = adapters.run_scaled_dot_product_attention(Q=q, K=k, V=v, mask=mask)
+    out = scaled_dot_product_attention(q, k, v, mask)
     np.testing.assert_allclose(out.numpy(), snapshot("scaled_dot_product_attention"), atol=1e-6)
 
 
 def test_4d_attention_matches_snapshot():
     q, k, v, _, mask = (t.reshape(2, 2, *t.shape[1:]) for t in snapshot_inputs())
-    out = adapters.run_scaled_dot_product_attention(Q=q, K=k, V=v, mask=mask)
+    out = scaled_dot_product_attention(q, k, v, mask)
     np.testing.assert_allclose(out.numpy(), snapshot("scaled_dot_product_attention_4d"), atol=1e-6)
 
 
 def test_rope_matches_snapshot():
     x = snapshot_inputs()[3]
-    out = adapters.run_rope(d_k=64, theta=10000, max_seq_len=12, in_query_or_key=x, token_positions=torch.arange(12))
+    out = rope(x, torch.arange(12), theta=10000.0, max_seq_len=12)
     np.testing.assert_allclose(out.numpy(), snapshot("rope"), atol=1e-6)
 
 
@@ -56,8 +42,7 @@ def test_attention_matches_torch(mask_kind):
     if mask is not None:
         mask[..., 0] = True  # every query keeps at least one key, so no row is all -inf
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
-    out = adapters.run_scaled_dot_product_attention(Q=q, K=k, V=v, mask=mask)
-    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask).double(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_masked_keys_get_no_weight():
@@ -66,16 +51,13 @@ def test_masked_keys_get_no_weight():
     mask[..., 3] = False
     changed = v.clone()
     changed[:, 3] += 100.0
-    torch.testing.assert_close(
-        adapters.run_scaled_dot_product_attention(Q=q, K=k, V=v, mask=mask),
-        adapters.run_scaled_dot_product_attention(Q=q, K=k, V=changed, mask=mask),
-    )
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask), scaled_dot_product_attention(q, k, changed, mask))
 
 
 def test_rope_matches_complex_rotation_at_arbitrary_positions():
     x = randn(0, 3, 2, 5, 16)
     positions = torch.tensor([[0, 7, 3, 31, 2], [5, 5, 5, 0, 1], [1, 2, 3, 4, 5]])[:, None, :]
-    out = adapters.run_rope(d_k=16, theta=500.0, max_seq_len=32, in_query_or_key=x, token_positions=positions)
+    out = rope(x, positions, theta=500.0, max_seq_len=32)
     torch.testing.assert_close(out.double(), rope64(x, positions, 500.0), atol=1e-5, rtol=1e-5)
 
 
@@ -83,144 +65,6 @@ def test_rope_table_is_cached_per_shape_and_device():
     a = rope_table(16, 10000.0, 32, torch.device("cpu"))
     assert rope_table(16, 10000.0, 32, torch.device("cpu")) is a
     assert rope_table(16, 10000.0, 64, torch.device("cpu")) is not a
-
-
-def test_multihead_attention_matches_torch_module():
-    d_model, heads, seq = 32, 4, 6
-    x = randn(0, 2, seq, d_model)
-    wq, wk, wv, wo = (randn(i, d_model, d_model) / d_model**0.5 for i in range(1, 5))
-    reference = torch.nn.MultiheadAttention(d_model, heads, bias=False, batch_first=True)
-    with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
-        reference.out_proj.weight.copy_(wo)
-    # nn.MultiheadAttention's boolean mask marks the positions NOT allowed to attend.
-    expected, _ = reference(x, x, x, attn_mask=~causal_mask(seq, seq, x.device), need_weights=False)
-    out = adapters.run_multihead_self_attention(
-        d_model=d_model, num_heads=heads, q_proj_weight=wq, k_proj_weight=wk, v_proj_weight=wv, o_proj_weight=wo, in_features=x
-    )
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-
-
-def small_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48, rope_theta=1000.0)
-    return ModelConfig(**{**base, **overrides})
-
-
-def test_multihead_attention_with_rope_matches_reference():
-    config = small_config()
-    weights = flatten(init_params(config, torch.Generator().manual_seed(0)))
-    x = randn(1, 3, 10, config.d_model)
-    out = adapters.run_multihead_self_attention_with_rope(
-        d_model=config.d_model,
-        num_heads=config.num_heads,
-        max_seq_len=config.context_length,
-        theta=config.rope_theta,
-        q_proj_weight=weights["layers.0.attn.q_proj.weight"],
-        k_proj_weight=weights["layers.0.attn.k_proj.weight"],
-        v_proj_weight=weights["layers.0.attn.v_proj.weight"],
-        o_proj_weight=weights["layers.0.attn.output_proj.weight"],
-        in_features=x,
-        token_positions=torch.arange(10),
-    )
-    torch.testing.assert_close(out.double(), attention64(weights, x.double(), config, "layers.0."), atol=1e-5, rtol=1e-5)
-
-
-def test_transformer_block_matches_reference():
-    config = small_config()
-    weights = flatten(init_params(config, torch.Generator().manual_seed(1)))
-    block = {name.removeprefix("layers.1."): w for name, w in weights.items() if name.startswith("layers.1.")}
-    x = randn(2, 2, 9, config.d_model)
-    out = adapters.run_transformer_block(
-        d_model=config.d_model,
-        num_heads=config.num_heads,
-        d_ff=config.d_ff,
-        max_seq_len=config.context_length,
-        theta=config.rope_theta,
-        weights=block,
-        in_features=x,
-    )
-    torch.testing.assert_close(out.double(), block64(block, x.double(), config), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("seq", [16, 5])
-def test_transformer_lm_matches_reference(seq):
-    config = small_config()
-    weights = flatten(init_params(config, torch.Generator().manual_seed(2)))
-    tokens = torch.randint(0, config.vocab_size, (2, seq), generator=torch.Generator().manual_seed(3))
-    logits = adapters.run_transformer_lm(
-        vocab_size=config.vocab_size,
-        context_length=config.context_length,
-        d_model=config.d_model,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        d_ff=config.d_ff,
-        rope_theta=config.rope_theta,
-        weights=weights,
-        in_indices=tokens,
-    )
-    assert logits.shape == (2, seq, config.vocab_size)
-    torch.testing.assert_close(logits.double(), lm64(weights, tokens, config), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize(
-    "ablation",
-    [dict(norm="post"), dict(norm="none"), dict(position="none"), dict(ffn="silu", d_ff=None), dict(tie_embeddings=True)],
-    ids=["post-norm", "no-norm", "nope", "silu-ffn", "tied"],
-)
-def test_ablations_match_reference(ablation):
-    from core.model import forward
-
-    config = small_config(**ablation)
-    params = init_params(config, torch.Generator().manual_seed(4))
-    tokens = torch.randint(0, config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(forward(params, tokens, config).double(), lm64(flatten(params), tokens, config), atol=1e-4, rtol=1e-4)
-
-
-def test_module_shell_state_dict_uses_reference_names():
-    config = small_config(num_layers=1)
-    names = set(TransformerLM(config).state_dict())
-    expected = {
-        "token_embeddings.weight",
-        "ln_final.weight",
-        "lm_head.weight",
-        *(f"layers.0.attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "output_proj")),
-        *(f"layers.0.{p}.weight" for p in ("ln1", "ln2", "ffn.w1", "ffn.w2", "ffn.w3")),
-    }
-    assert names == expected
-
-
-def test_module_shell_is_the_pure_forward_and_trains():
-    from core.model import forward
-
-    config = small_config()
-    module = TransformerLM(config, generator=torch.Generator().manual_seed(6))
-    tokens = torch.randint(0, config.vocab_size, (2, 8))
-    params = {name: p.detach() for name, p in module.state_dict().items()}
-    from params.load import load_params
-
-    torch.testing.assert_close(module(tokens), forward(load_params(params, config), tokens, config))
-    module(tokens).sum().backward()
-    assert all(p.grad is not None for p in module.parameters())
-
-
-def test_longer_than_context_is_a_clear_error():
-    from core.model import forward
-
-    config = small_config()
-    params = init_params(config, torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="exceeds the model's context_length 16"):
-        forward(params, torch.zeros(1, 17, dtype=torch.long), config)
-
-
-def test_bf16_forward_stays_close_to_float32():
-    from core.model import forward
-
-    config = small_config()
-    params = init_params(config, torch.Generator().manual_seed(0))
-    tokens = torch.randint(0, config.vocab_size, (2, 8))
-    half = forward(init_params(config, torch.Generator().manual_seed(0), dtype=torch.bfloat16), tokens, config)
-    assert half.dtype == torch.bfloat16
-    torch.testing.assert_close(half.float(), forward(params, tokens, config), atol=0.1, rtol=0.05)
 
 
 def test_rope_table_first_built_inside_torch_func_grad_is_a_plain_tensor():
@@ -233,13 +77,81 @@ def test_rope_table_first_built_inside_torch_func_grad_is_a_plain_tensor():
     assert not torch._C._functorch.is_functorch_wrapped_tensor(cos)
 
 
-def test_compiled_forward_and_func_grad_match_eager():
-    from core.loss import cross_entropy
-    from core.model import forward
+def test_multihead_attention_matches_torch_module():
+    d_model, heads, seq = 32, 4, 6
+    x = randn(0, 2, seq, d_model)
+    wq, wk, wv, wo = (randn(i, d_model, d_model) / d_model**0.5 for i in range(1, 5))
+    reference = torch.nn.MultiheadAttention(d_model, heads, bias=False, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
+        reference.out_proj.weight.copy_(wo)
+    # nn.MultiheadAttention's boolean mask marks the positions NOT allowed to attend.
+    expected, _ = reference(x, x, x, attn_mask=~causal_mask(seq, seq, x.device), need_weights=False)
+    params = {"q_proj": {"weight": wq}, "k_proj": {"weight": wk}, "v_proj": {"weight": wv}, "output_proj": {"weight": wo}}
+    torch.testing.assert_close(multihead_self_attention(params, x, heads), expected, atol=1e-5, rtol=1e-5)
 
+
+def test_multihead_attention_with_rope_matches_reference():
+    config = small_config()
+    params = init_params(config, torch.Generator().manual_seed(0))
+    x = randn(1, 3, 10, config.d_model)
+    out = multihead_self_attention(
+        params["layers"][0]["attn"], x, config.num_heads, rope_theta=config.rope_theta, max_seq_len=config.context_length
+    )
+    expected = attention64(flatten(params), x.double(), config, "layers.0.")
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_block_matches_reference():
+    config = small_config()
+    params = init_params(config, torch.Generator().manual_seed(1))
+    x = randn(2, 2, 9, config.d_model)
+    expected = block64(flatten(params), x.double(), config, "layers.1.")
+    torch.testing.assert_close(transformer_block(params["layers"][1], x, config).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq", [16, 5])
+def test_forward_matches_reference(seq):
+    config = small_config()
+    params = init_params(config, torch.Generator().manual_seed(2))
+    tokens = randint(3, config.vocab_size, 2, seq)
+    logits = forward(params, tokens, config)
+    assert logits.shape == (2, seq, config.vocab_size)
+    torch.testing.assert_close(logits.double(), lm64(flatten(params), tokens, config), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [dict(norm="post"), dict(norm="none"), dict(position="none"), dict(ffn="silu", d_ff=None), dict(tie_embeddings=True)],
+    ids=["post-norm", "no-norm", "nope", "silu-ffn", "tied"],
+)
+def test_ablations_match_reference(ablation):
+    config = small_config(**ablation)
+    params = init_params(config, torch.Generator().manual_seed(4))
+    tokens = randint(5, config.vocab_size, 2, 11)
+    torch.testing.assert_close(forward(params, tokens, config).double(), lm64(flatten(params), tokens, config), atol=1e-4, rtol=1e-4)
+
+
+def test_longer_than_context_is_a_clear_error():
+    config = small_config()
+    params = init_params(config, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="exceeds the model's context_length 16"):
+        forward(params, torch.zeros(1, 17, dtype=torch.long), config)
+
+
+def test_bf16_forward_stays_close_to_float32():
+    config = small_config()
+    params = init_params(config, torch.Generator().manual_seed(0))
+    tokens = randint(1, config.vocab_size, 2, 8)
+    half = forward(init_params(config, torch.Generator().manual_seed(0), dtype=torch.bfloat16), tokens, config)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), forward(params, tokens, config), atol=0.1, rtol=0.05)
+
+
+def test_compiled_forward_and_func_grad_match_eager():
     config = small_config(num_layers=1)
     params = init_params(config, torch.Generator().manual_seed(0))
-    tokens = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    tokens = randint(1, config.vocab_size, 2, 9)
 
     def loss(p):
         return cross_entropy(forward(p, tokens[:, :-1], config), tokens[:, 1:])
@@ -249,3 +161,41 @@ def test_compiled_forward_and_func_grad_match_eager():
     torch.testing.assert_close(compiled_loss, value, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flatten(compiled_grads), flatten(grads), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.compile(forward)(params, tokens, config), forward(params, tokens, config), atol=1e-5, rtol=1e-5)
+
+
+# -- the nn.Module shell ------------------------------------------------------------------------
+
+
+def test_module_shell_state_dict_uses_reference_names():
+    config = small_config(num_layers=1)
+    names = set(TransformerLM(config, torch.Generator().manual_seed(0)).state_dict())
+    expected = {
+        "token_embeddings.weight",
+        "ln_final.weight",
+        "lm_head.weight",
+        *(f"layers.0.attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "output_proj")),
+        *(f"layers.0.{p}.weight" for p in ("ln1", "ln2", "ffn.w1", "ffn.w2", "ffn.w3")),
+    }
+    assert names == expected
+
+
+def test_module_shell_is_the_pure_forward_and_trains():
+    config = small_config()
+    module = TransformerLM(config, generator=torch.Generator().manual_seed(6))
+    tokens = randint(1, config.vocab_size, 2, 8)
+    params = {name: p.detach() for name, p in module.state_dict().items()}
+    torch.testing.assert_close(module(tokens), forward(load_params(params, config), tokens, config))
+    module(tokens).sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+
+
+def test_module_shell_without_a_generator_draws_from_torchs_rng():
+    # The global RNG's state is restored, not seeded: the shell must draw from it, like torch's modules.
+    config = small_config(num_layers=1)
+    state = torch.get_rng_state()
+    a = TransformerLM(config).state_dict()
+    b = TransformerLM(config).state_dict()
+    torch.set_rng_state(state)
+    again = TransformerLM(config).state_dict()
+    assert not torch.equal(a["lm_head.weight"], b["lm_head.weight"])
+    assert all(torch.equal(a[name], again[name]) for name in a)

@@ -1,0 +1,34 @@
+"""Seeded inputs shared by the domain tests and tests/test_adapters.py.
+
+Each draw has its own generator: a fresh CPU generator seeded with s gives the numbers the global
+RNG gives after torch.manual_seed(s), so the snapshot inputs are the reference suite's."""
+
+import numpy as np
+import torch
+
+from conftest import shared_path
+from core.config import ModelConfig
+
+
+def randn(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def randint(seed: int, high: int, *shape: int) -> torch.Tensor:
+    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot_inputs() -> tuple[torch.Tensor, ...]:
+    """q, k, v, x and the attention mask of ../shared/fixtures/snapshots (batch 4, d_k 64)."""
+    q, k, v, x = randn(1, 4, 12, 64), randn(2, 4, 16, 64), randn(3, 4, 16, 64), randn(4, 4, 12, 64)
+    mask = randn(5, 4, 12, 16) > 0.5
+    return q, k, v, x, mask
+
+
+def snapshot(name: str) -> np.ndarray:
+    return np.load(shared_path(f"fixtures/snapshots/{name}.npz"))["array"]
+
+
+def small_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48, rope_theta=1000.0)
+    return ModelConfig(**{**base, **overrides})
