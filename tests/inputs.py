@@ -8,6 +8,7 @@ import torch
 
 from conftest import shared_path
 from core.config import ModelConfig
+from core.tree import tree_map
 
 
 def randn(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -32,3 +33,16 @@ def snapshot(name: str) -> np.ndarray:
 def small_config(**overrides) -> ModelConfig:
     base = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48, rope_theta=1000.0)
     return ModelConfig(**{**base, **overrides})
+
+
+def model_tree(generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict:
+    """A small pytree shaped like the model's: matrices, and 1-D RMSNorm-like gains near 1."""
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)  # same draws in any dtype
+
+    layers = [{"attn": {"q_proj": {"weight": rand(8, 8)}}, "ln1": {"weight": 1 + 0.1 * rand(8)}} for _ in range(2)]
+    return {"token_embeddings": {"weight": rand(11, 8)}, "layers": layers, "ln_final": {"weight": 1 + 0.1 * rand(8)}}
+
+
+def like(tree, generator: torch.Generator, scale: float = 1.0):
+    return tree_map(lambda p: (scale * torch.randn(p.shape, generator=generator, dtype=torch.float64)).to(p.dtype), tree)

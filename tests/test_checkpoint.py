@@ -11,9 +11,9 @@ from core.train_state import TrainState, init_train_state
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten, unflatten
+from params.optimizer import AdamW
 from pipelines.training import checkpoint
-from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
-from tests.adapters import get_adamw_cls, run_load_checkpoint, run_save_checkpoint
+from pipelines.training.checkpoint import load_checkpoint, load_train_state, read_train_state, save_checkpoint, save_train_state
 
 
 class _Net(torch.nn.Module):
@@ -30,7 +30,7 @@ def _trained(steps: int = 5) -> tuple[_Net, torch.optim.Optimizer]:
     model = _Net()
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.5, generator=generator)
-    optimizer = get_adamw_cls()(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    optimizer = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     for _ in range(steps):
         optimizer.zero_grad()
         model(torch.randn(8, 5, generator=generator)).pow(2).sum().backward()
@@ -40,7 +40,7 @@ def _trained(steps: int = 5) -> tuple[_Net, torch.optim.Optimizer]:
 
 def _fresh() -> tuple[_Net, torch.optim.Optimizer]:
     model = _Net()
-    return model, get_adamw_cls()(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    return model, AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -58,11 +58,11 @@ def _assert_same_state(a: dict, b: dict) -> None:
 def test_save_then_load_restores_model_optimizer_and_iteration(tmp_path, to_file):
     model, optimizer = _trained()
     target = io.BytesIO() if to_file else tmp_path / "ckpt.pt"
-    run_save_checkpoint(model=model, optimizer=optimizer, iteration=5, out=target)
+    save_checkpoint(model=model, optimizer=optimizer, iteration=5, out=target)
     if to_file:
         target.seek(0)
     new_model, new_optimizer = _fresh()
-    assert run_load_checkpoint(src=target, model=new_model, optimizer=new_optimizer) == 5
+    assert load_checkpoint(src=target, model=new_model, optimizer=new_optimizer) == 5
     _assert_same_state(model.state_dict(), new_model.state_dict())
     original, loaded = optimizer.state_dict(), new_optimizer.state_dict()
     assert original["param_groups"] == loaded["param_groups"]
@@ -75,35 +75,35 @@ def test_checkpoints_move_between_compiled_and_plain_modules(tmp_path):
     model, optimizer = _trained()
     compiled = torch.compile(model)  # wrapping only: nothing is compiled until it is called
     assert all(name.startswith("_orig_mod.") for name in compiled.state_dict())
-    run_save_checkpoint(compiled, optimizer, 3, tmp_path / "ckpt.pt")
+    save_checkpoint(compiled, optimizer, 3, tmp_path / "ckpt.pt")
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not any(name.startswith("_orig_mod.") for name in saved["model"])
     plain, new_optimizer = _fresh()
-    run_load_checkpoint(tmp_path / "ckpt.pt", plain, new_optimizer)
+    load_checkpoint(tmp_path / "ckpt.pt", plain, new_optimizer)
     _assert_same_state(model.state_dict(), plain.state_dict())
     other, other_optimizer = _fresh()
-    run_load_checkpoint(tmp_path / "ckpt.pt", torch.compile(other), other_optimizer)
+    load_checkpoint(tmp_path / "ckpt.pt", torch.compile(other), other_optimizer)
     _assert_same_state(model.state_dict(), other.state_dict())
 
 
 def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
     model, optimizer = _trained(1)
     path = tmp_path / "ckpt.pt"
-    run_save_checkpoint(model, optimizer, 1, path)
+    save_checkpoint(model, optimizer, 1, path)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"ckpt\.pt could not be read \(truncated or not a checkpoint\?\)"):
-        run_load_checkpoint(path, *_fresh())
+        load_checkpoint(path, *_fresh())
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt is not an lmkit checkpoint"):
-        run_load_checkpoint(tmp_path / "other.pt", *_fresh())
+        load_checkpoint(tmp_path / "other.pt", *_fresh())
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        run_load_checkpoint(tmp_path / "missing.pt", *_fresh())
+        load_checkpoint(tmp_path / "missing.pt", *_fresh())
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model, optimizer = _trained(1)
     path = tmp_path / "ckpt.pt"
-    run_save_checkpoint(model, optimizer, 1, path)
+    save_checkpoint(model, optimizer, 1, path)
     before = path.read_bytes()
 
     def disk_full(obj, f):
@@ -112,7 +112,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        run_save_checkpoint(model, optimizer, 2, path)
+        save_checkpoint(model, optimizer, 2, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
 
@@ -163,6 +163,6 @@ def test_a_checkpoint_of_another_model_or_optimizer_is_refused_by_name(tmp_path)
 
 def test_module_and_training_checkpoints_are_not_mixed_up(tmp_path):
     model, optimizer = _trained(1)
-    run_save_checkpoint(model, optimizer, 1, tmp_path / "module.pt")
+    save_checkpoint(model, optimizer, 1, tmp_path / "module.pt")
     with pytest.raises(ValueError, match="holds a 'module' checkpoint, expected 'training'"):
         read_train_state(tmp_path / "module.pt")
