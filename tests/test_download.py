@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import orjson
 import pytest
 
+from pipelines.training import cli
 from pipelines.training import download as dl
 from pipelines.training.prepare import find_split
+from pipelines.training.presets import PRESETS
 
 END = b"<|endoftext|>"
 TIMEOUT = 5.0
@@ -281,3 +284,22 @@ def test_a_train_size_that_is_not_a_positive_int_is_refused_before_any_work(tmp_
     with pytest.raises(ValueError, match="train_mb"):
         dl.fetch_tinystories(tmp_path / "data", train_mb)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_first_run_without_preset_or_data_fits_the_cpu_and_fetches_only_a_prefix(server, tmp_path, monkeypatch, capsys):
+    """`just train tinystories` on a machine without CUDA: the cpu-sized preset, with a notice,
+    and of the training text only its first data.train_mb MiB, by range request."""
+    monkeypatch.setattr(dl, "TINYSTORIES_URL", server.url)
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
+    tiny = ["--model.vocab_size", "300", "--model.context_length", "16", "--model.d_model", "16", "--model.num_layers", "1",
+            "--model.num_heads", "2", "--data.batch_size", "4", "--data.train_mb", "1", "--max_steps", "3",
+            "--eval.windows", "4", "--sample.count", "0", "--device", "cpu"]
+    assert cli.main(["tinystories", "--run_dir", str(tmp_path / "run"), *tiny]) == 0
+    notice = capsys.readouterr().err
+    assert "cpu-small preset" in notice and "--preset baseline" in notice
+    config = orjson.loads((tmp_path / "run" / "config.json").read_bytes())
+    assert config["eval"]["every"] == PRESETS["tinystories"]["cpu-small"]["eval"]["every"]  # the cpu-small preset
+    folder = tmp_path / "cache" / "data" / "tinystories" / "first1MB"
+    assert find_split(folder, "train", ".txt").read_bytes() == cut(TRAIN, dl.MB)
+    assert f"bytes=0-{dl.MB - 1}" in server.ranges  # asked for the prefix only
+    assert not (tmp_path / "cache" / "data" / "tinystories" / "full").exists()

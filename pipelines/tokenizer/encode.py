@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -110,24 +110,14 @@ def encode_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
-    count = 0
     try:
         with open(temporary, "wb") as file:
             file.write(bytes(_HEADER_BYTES))
-            if workers == 1:
-                for text, length in read_pieces(path, 0, size, tokenizer.special_tokens, piece_bytes):
-                    ids = np.array(tokenizer.encode(text), dtype=dtype)
-                    file.write(ids.tobytes())
-                    count += len(ids)
-                    bar.update(length)
-            else:
-                cuts = cut_points(path, max(workers * 4, -(-size // piece_bytes)), tokenizer.special_tokens)
-                tasks = [(path, a, b, dtype, piece_bytes) for a, b in zip(cuts, cuts[1:])]
-                with Pool(workers, initializer=_start_worker, initargs=(tokenizer,)) as pool:
-                    for ids, length in pool.imap(_encode_range, tasks):  # imap keeps file order
-                        file.write(ids.tobytes())
-                        count += len(ids)
-                        bar.update(length)
+            count = 0
+            for ids, length in _encoded_ranges(path, tokenizer, dtype, workers, piece_bytes):
+                file.write(ids.tobytes())
+                count += len(ids)
+                bar.update(length)
             file.seek(0)
             file.write(_npy_header(dtype, count))
         os.replace(temporary, out)
@@ -140,6 +130,21 @@ def encode_file(
     temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, sidecar)
     return out
+
+
+def _encoded_ranges(
+    path: Path, tokenizer: Tokenizer, dtype: np.dtype, workers: int, piece_bytes: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(ids, bytes read) of the file's pieces, in file order: here, or over `workers` processes."""
+    size = path.stat().st_size
+    if workers == 1:
+        for text, length in read_pieces(path, 0, size, tokenizer.special_tokens, piece_bytes):
+            yield np.array(tokenizer.encode(text), dtype=dtype), length
+        return
+    cuts = cut_points(path, max(workers * 4, -(-size // piece_bytes)), tokenizer.special_tokens)
+    tasks = [(path, a, b, dtype, piece_bytes) for a, b in zip(cuts, cuts[1:])]
+    with Pool(workers, initializer=_start_worker, initargs=(tokenizer,)) as pool:
+        yield from pool.imap(_encode_range, tasks)  # imap keeps file order
 
 
 def main(argv: Sequence[str] | None = None) -> None:
