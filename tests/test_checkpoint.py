@@ -145,7 +145,7 @@ def test_a_train_state_round_trips_exactly(tmp_path):
     assert (loaded.step, loaded.rng, loaded.elapsed) == (3, 7, 1.5)
     for name, tensor in flatten(state.params).items():
         assert torch.equal(flatten(loaded.params)[name], tensor)
-    saved_leaves, loaded_leaves = tree_leaves_by_path(state.opt_state)[0], tree_leaves_by_path(loaded.opt_state)[0]
+    saved_leaves, loaded_leaves = tree_leaves_by_path(state.opt_state), tree_leaves_by_path(loaded.opt_state)
     assert saved_leaves.keys() == loaded_leaves.keys()
     for name, value in saved_leaves.items():
         assert torch.equal(loaded_leaves[name], value) if isinstance(value, torch.Tensor) else loaded_leaves[name] == value

@@ -25,7 +25,7 @@ from core.optim import (
     scale_by_learning_rate,
 )
 from core.schedule import warmup_cosine
-from core.tree import tree_flatten, tree_leaves, tree_leaves_by_path, tree_map, tree_unflatten
+from core.tree import tree_flatten, tree_from_leaves_by_path, tree_leaves, tree_leaves_by_path, tree_map
 from tests.inputs import like, model_tree
 
 
@@ -231,14 +231,13 @@ def test_optimizer_state_round_trips_through_leaves_named_by_key_path():
         updates, state = optimizer.update(like(params, generator), state, params)
         params = apply_updates(params, updates)
 
-    flat, _ = tree_leaves_by_path(state)
+    flat = tree_leaves_by_path(state)
     buffer = io.BytesIO()
     torch.save(flat, buffer)  # plain dict of str -> tensor | int: loads with weights_only=True
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
-    template, structure = tree_leaves_by_path(optimizer.init(params))
-    assert list(loaded) == list(template)
-    restored = tree_unflatten([loaded[key] for key in template], structure)
+    assert list(loaded) == list(tree_leaves_by_path(optimizer.init(params)))
+    restored = tree_from_leaves_by_path(optimizer.init(params), loaded)
 
     assert type(restored[1][0]) is ScaleByAdamState and restored[1][0].count == 3 and restored[1][2].count == 3
     assert "[1][0].mu['layers'][1]['ln1']['weight']" in loaded

@@ -21,7 +21,7 @@ import torch
 from core.config import ModelConfig
 from core.optim import GradientTransformation
 from core.train_state import TrainState
-from core.tree import tree_leaves_by_path, tree_unflatten
+from core.tree import tree_from_leaves_by_path, tree_leaves_by_path
 from params.load import load_params, strip_compiled_prefix
 from params.tree import flatten
 
@@ -54,7 +54,7 @@ def save_train_state(path: str | os.PathLike, state: TrainState, meta: dict[str,
     """Write `state` atomically: parameters by their state-dict names, the optimizer state by its
     pytree paths, the step, key and elapsed seconds, and `meta` (plain values: the model and
     training configs, the tokenizer's fingerprint)."""
-    opt_leaves, _ = tree_leaves_by_path(state.opt_state)
+    opt_leaves = tree_leaves_by_path(state.opt_state)
     payload = {
         **meta,
         "kind": "training",
@@ -79,15 +79,14 @@ def load_train_state(
     against `config` and the optimizer state against a fresh `optimizer.init`, name by name and
     shape by shape, so a checkpoint of another model or optimizer fails here, naming the field."""
     params = load_params({name: t.to(device) for name, t in payload["params"].items()}, config)
-    template, structure = tree_leaves_by_path(optimizer.init(params))
+    fresh = optimizer.init(params)
+    template = tree_leaves_by_path(fresh)
     saved = payload["opt_state"]
     if set(saved) != set(template):
         raise ValueError(f"the checkpoint's optimizer state does not match the optimizer: missing "
                          f"{sorted(set(template) - set(saved))}, unexpected {sorted(set(saved) - set(template))}")
-    leaves = []
-    for name, fresh in template.items():
-        leaves.append(_restored(name, saved[name], fresh, device))
-    return TrainState(params, tree_unflatten(leaves, structure), payload["step"], payload["rng"], payload["elapsed"])
+    restored = {name: _restored(name, saved[name], leaf, device) for name, leaf in template.items()}
+    return TrainState(params, tree_from_leaves_by_path(fresh, restored), payload["step"], payload["rng"], payload["elapsed"])
 
 
 def _restored(name: str, saved: Any, fresh: Any, device: str | torch.device) -> Any:
