@@ -235,7 +235,7 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
         train(config)
     message = str(error.value)
     assert "TinyStoriesV2-GPT4-train.txt" in message and "TinyStoriesV2-GPT4-valid.txt" in message
-    assert str(tmp_path / "cache" / "data" / "tinystories") in message and "--data" in message
+    assert str(tmp_path / "cache" / "data" / "tinystories") in message and "--data.path" in message
 
 
 def test_asking_for_wandb_without_it_installed_fails_before_any_work(token_dir, tmp_path, monkeypatch):

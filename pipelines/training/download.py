@@ -228,7 +228,7 @@ def _content_range(headers) -> tuple[int | None, int | None, int | None]:
 
 def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int | None) -> str:
     shared = Path("../shared/data")
-    hint = f" For a small local sample: --data {shared}" if shared.is_dir() else ""
+    hint = f" For a small local sample: --data.path {shared}" if shared.is_dir() else ""
     full, valid, folder = TINYSTORIES_FILES["train"], TINYSTORIES_FILES["valid"], tinystories_folder(dest, train_mb)
     if train_mb is None:
         files = f"put {full} and {valid} into {folder}/"
@@ -239,6 +239,6 @@ def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int |
             f"or {full} into {tinystories_folder(dest)}/ to cut it from"
         )
     return (
-        f"could not download {url} ({error}). Without a network, {files}, or pass --data DIR with "
+        f"could not download {url} ({error}). Without a network, {files}, or pass --data.path DIR with "
         f"train/valid text files (e.g. train.txt, valid.txt) or encoded .npy.{hint}"
     )

@@ -15,6 +15,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class Run:
     run_dir: Path
     data: TrainingData
     optimizer: GradientTransformation
+    schedule: Callable[[int], float]  # the optimizer's learning rate by step, for the logs
     step: TrainStep
     autocast: Autocast
     device: torch.device
@@ -87,7 +89,7 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     device = select_device(config.device)
     saved = _read_checkpoint(run_dir, config) if resume else None
     if not resume and checkpoint_path(run_dir).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run-dir")
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run_dir")
     wandb = import_wandb() if config.wandb else None  # a missing package fails here, before any work
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,8 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
         f"{len(data.train):,} train / {len(data.valid):,} valid tokens, steps {state.step}..{config.max_steps}",
         file=sys.stderr,
     )
-    return Run(config, run_dir, data, optimizer, step, autocast, device, MetricsLog(run_dir, wandb_run)), state
+    log = MetricsLog(run_dir, wandb_run)
+    return Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log), state
 
 
 def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
@@ -212,7 +215,7 @@ def _log_training(run: Run, state: TrainState, losses: torch.Tensor, norms: torc
         "tokens": state.step * tokens_per_step,
         "wall": state.elapsed,
         "train_loss": float(losses.mean()),
-        "lr": make_schedule(run.config)(state.step - 1),  # the rate of the step just taken
+        "lr": run.schedule(state.step - 1),  # the rate of the step just taken
         "grad_norm": float(norms[-1]),
         "tokens_per_s": len(losses) * tokens_per_step / seconds,
     }
