@@ -14,6 +14,7 @@ import orjson
 import pytest
 import torch
 
+from core.accounting import training_step_flops
 from core.optim import adamw, chain, clip_by_global_norm
 from core.train_state import TrainState, init_train_state
 from core.train_step import make_train_step
@@ -70,7 +71,12 @@ def test_a_tiny_run_learns_and_fills_its_run_directory(token_dir, tmp_path):
     val_rows = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert [r["step"] for r in val_rows] == [10, 20, 30, 40]
-    assert set(train_rows[0]) == {"step", "tokens", "wall", "train_loss", "lr", "grad_norm", "tokens_per_s"}
+    assert set(train_rows[0]) == {"step", "tokens", "wall", "train_loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu"}
+    flops_per_step = training_step_flops(config.model, config.data.batch_size)
+    for row in train_rows:
+        assert row["flops_per_s"] == pytest.approx(row["tokens_per_s"] / (8 * 16) * flops_per_step)
+        assert 0 < row["mfu"] < 1
+    assert 0 < summary["mfu"] < 1 and summary["flops_per_s"] == pytest.approx(summary["tokens_per_s"] / (8 * 16) * flops_per_step)
     assert math.log(32) - 1.0 < train_rows[0]["train_loss"] < math.log(32) + 0.5  # steps 1-5 average, near chance
     assert val_rows[-1]["val_loss"] < 0.5 * val_rows[0]["val_loss"]
     assert TrainConfig.from_dict(orjson.loads((run_dir / "config.json").read_bytes())) == config

@@ -23,6 +23,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
+from core.accounting import training_step_flops
 from core.optim import GradientTransformation
 from core.train_state import TrainState, init_train_state
 from core.train_step import Autocast, TrainStep, make_train_step
@@ -34,6 +35,7 @@ from pipelines.training.evaluate import evaluate
 from pipelines.training.device import autocast_for, enable_tf32, select_device
 from pipelines.training.metrics import MetricsLog, import_wandb, start_wandb
 from pipelines.training.optimizer import make_optimizer, make_schedule
+from pipelines.training.peak import peak_flops
 from pipelines.training.prepare import TrainingData, open_training_data
 from pipelines.training.run_dir import CONFIG_FILE, FINAL, LAST, SUMMARY_FILE, checkpoint_path
 from pipelines.training.samples import write_samples
@@ -53,6 +55,8 @@ class Run:
     autocast: Autocast
     device: torch.device
     log: MetricsLog
+    flops_per_step: int  # matmul FLOPs of one step, by core/accounting.py's count
+    peak_flops: float  # the device's, for MFU (pipelines/training/peak.py)
 
     def save(self, name: str, state: TrainState) -> None:
         meta = {
@@ -70,7 +74,7 @@ class Outcome:
     message: str
     train_loss: float | None
     val_loss: float | None
-    tokens_per_s: float | None
+    steps_per_s: float | None  # training throughput, evaluation and checkpointing excluded
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
@@ -105,13 +109,16 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     else:
         state = load_train_state(saved, config.model, optimizer, device)
     wandb_run = start_wandb(wandb, config.wandb_project, run_dir, config.to_dict()) if wandb else None
+    peak, source = peak_flops(device, autocast[1] if autocast else torch.float32)
     print(
-        f"{'resuming' if saved else 'training'} {run_dir} on {device}: {count_params(config.model):,} parameters, "
-        f"{len(data.train):,} train / {len(data.valid):,} valid tokens, steps {state.step}..{config.max_steps}",
+        f"{'resuming' if saved else 'training'} {run_dir} on {device} (peak {peak / 1e12:.3g} TFLOP/s, {source}): "
+        f"{count_params(config.model):,} parameters, {len(data.train):,} train / {len(data.valid):,} valid tokens, "
+        f"steps {state.step}..{config.max_steps}",
         file=sys.stderr,
     )
     log = MetricsLog(run_dir, wandb_run)
-    return Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log), state
+    flops = training_step_flops(config.model, config.data.batch_size)
+    return Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log, flops, peak), state
 
 
 def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
@@ -154,10 +161,10 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
                 run.save(LAST, good)
             if stop.requested and state.step < config.max_steps:
                 message = f"interrupted at step {state.step}; checkpoint saved to {checkpoint_path(run.run_dir)}"
-                return Outcome(good, "interrupted", message, train_loss, val_loss, clock.tokens_per_s())
+                return Outcome(good, "interrupted", message, train_loss, val_loss, clock.steps_per_s())
             clock.pause()  # evaluation and checkpointing are not training time
     message = f"finished {good.step} steps; final checkpoint {checkpoint_path(run.run_dir, FINAL)}"
-    return Outcome(good, "completed", message, train_loss, val_loss, clock.tokens_per_s())
+    return Outcome(good, "completed", message, train_loss, val_loss, clock.steps_per_s())
 
 
 class _Clock:
@@ -166,22 +173,22 @@ class _Clock:
     def __init__(self, elapsed: float) -> None:
         self.started, self.before = time.perf_counter(), elapsed
         self.interval_start = self.started
-        self.train_seconds, self.train_tokens = 0.0, 0
+        self.train_seconds, self.train_steps = 0.0, 0
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.started
 
-    def interval(self, tokens: int) -> float:
-        """Seconds since the last pause, counted as training `tokens`."""
+    def interval(self, steps: int) -> float:
+        """Seconds since the last pause, counted as the time of `steps` training steps."""
         seconds = time.perf_counter() - self.interval_start
-        self.train_seconds, self.train_tokens = self.train_seconds + seconds, self.train_tokens + tokens
+        self.train_seconds, self.train_steps = self.train_seconds + seconds, self.train_steps + steps
         return seconds
 
     def pause(self) -> None:
         self.interval_start = time.perf_counter()
 
-    def tokens_per_s(self) -> float | None:
-        return self.train_tokens / self.train_seconds if self.train_seconds else None
+    def steps_per_s(self) -> float | None:
+        return self.train_steps / self.train_seconds if self.train_seconds else None
 
 
 def _is_boundary(config: TrainConfig, step: int, stopping: bool) -> bool:
@@ -204,12 +211,13 @@ def _diverged(run: Run, good: TrainState, bad_step: int, what: str, train_loss, 
     run.log.write({"step": bad_step, "event": "diverged", "wall": clock.elapsed()})
     message = (f"non-finite {what} at step {bad_step}; stopped and saved the last good checkpoint "
                f"(step {good.step}) to {checkpoint_path(run.run_dir)}")
-    return Outcome(good, "diverged", message, train_loss, val_loss, clock.tokens_per_s())
+    return Outcome(good, "diverged", message, train_loss, val_loss, clock.steps_per_s())
 
 
 def _log_training(run: Run, state: TrainState, losses: torch.Tensor, norms: torch.Tensor, clock: _Clock, bar: tqdm) -> float:
     tokens_per_step = run.config.data.batch_size * run.config.model.context_length
-    seconds = clock.interval(len(losses) * tokens_per_step)
+    seconds = clock.interval(len(losses))
+    flops_per_s = len(losses) * run.flops_per_step / seconds
     row = {
         "step": state.step,
         "tokens": state.step * tokens_per_step,
@@ -218,10 +226,12 @@ def _log_training(run: Run, state: TrainState, losses: torch.Tensor, norms: torc
         "lr": run.schedule(state.step - 1),  # the rate of the step just taken
         "grad_norm": float(norms[-1]),
         "tokens_per_s": len(losses) * tokens_per_step / seconds,
+        "flops_per_s": flops_per_s,
+        "mfu": flops_per_s / run.peak_flops,
     }
     run.log.write(row)
     bar.update(state.step - bar.n)
-    bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{row['mfu']:.1%}")
     return row["train_loss"]
 
 
@@ -239,14 +249,21 @@ def finish(run: Run, outcome: Outcome) -> dict:
     if outcome.status == "completed":
         run.save(LAST, state)
         run.save(FINAL, state)
+    tokens_per_step = config.data.batch_size * config.model.context_length
+
+    def rate(per_step: float) -> float | None:
+        return None if outcome.steps_per_s is None else outcome.steps_per_s * per_step
+
     summary = {
         "status": outcome.status,
         "step": state.step,
-        "tokens": state.step * config.data.batch_size * config.model.context_length,
+        "tokens": state.step * tokens_per_step,
         "wall": state.elapsed,
         "train_loss": outcome.train_loss,
         "val_loss": outcome.val_loss,
-        "tokens_per_s": outcome.tokens_per_s,
+        "tokens_per_s": rate(tokens_per_step),
+        "flops_per_s": rate(run.flops_per_step),
+        "mfu": rate(run.flops_per_step / run.peak_flops),
         "parameters": count_params(config.model),
         "message": outcome.message,
     }

@@ -1,7 +1,8 @@
 """A run's metrics: one JSON object per line in run_dir/metrics.jsonl, optionally mirrored to W&B.
 
-Training rows carry step, tokens, wall, train_loss, lr, grad_norm, tokens_per_s; evaluation rows
-carry step, tokens, wall, val_loss. A resumed run appends to the same file.
+Training rows carry step, tokens, wall, train_loss, lr, grad_norm, tokens_per_s, flops_per_s and
+mfu (model FLOPs utilisation: core/accounting.py's FLOPs per step against the device's peak);
+evaluation rows carry step, tokens, wall, val_loss. A resumed run appends to the same file.
 """
 
 import os
