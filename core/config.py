@@ -6,6 +6,9 @@ from typing import Any
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
 FFNS = ("swiglu", "silu")
+# "torch": torch's fused ops (F.scaled_dot_product_attention, F.rms_norm, F.cross_entropy);
+# "reference": the handout's math written out, the oracle the fused path is tested against.
+KERNELS = ("torch", "reference")
 
 
 def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
@@ -31,6 +34,7 @@ class ModelConfig:
     ffn: str = "swiglu"  # one of FFNS: gated SwiGLU, or the plain w2 silu(w1 x)
     tie_embeddings: bool = False
     rmsnorm_eps: float = 1e-5
+    kernels: str = "torch"  # one of KERNELS: the same function either way, to fp32 rounding
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -51,7 +55,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if not self.rmsnorm_eps > 0:
             raise ValueError(f"ModelConfig.rmsnorm_eps must be positive, got {self.rmsnorm_eps!r}")
-        for name, allowed in (("norm", NORMS), ("position", POSITIONS), ("ffn", FFNS)):
+        for name, allowed in (
+            ("norm", NORMS), ("position", POSITIONS), ("ffn", FFNS), ("kernels", KERNELS)
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.tie_embeddings, bool):

@@ -3,6 +3,7 @@
 Weights use torch.nn.Linear's (out, in) layout, so state dicts load without transposes."""
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -54,3 +55,31 @@ def softmax(x: Float[Tensor, "*shape"], dim: int = -1) -> Float[Tensor, "*shape"
 def log_softmax(x: Float[Tensor, "*shape"], dim: int = -1) -> Float[Tensor, "*shape"]:
     shifted = x - x.amax(dim=dim, keepdim=True)
     return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
+
+
+# -- the fast path: torch's fused kernels, the same functions as above to fp32 rounding ----------
+
+
+def fused_rmsnorm(
+    weight: Float[Tensor, " d_model"], x: Float[Tensor, "*batch d_model"], eps: float = 1e-5
+) -> Float[Tensor, "*batch d_model"]:
+    """rmsnorm() through F.rms_norm, in float32 and returned in the input's dtype."""
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+def fused_swiglu(
+    w1: Float[Tensor, "d_ff d_model"],
+    w2: Float[Tensor, "d_model d_ff"],
+    w3: Float[Tensor, "d_ff d_model"],
+    x: Float[Tensor, "*batch d_model"],
+) -> Float[Tensor, "*batch d_model"]:
+    """swiglu() with F.silu. w1 and w3 stay two matmuls: one over torch.cat((w1, w3)) measured no
+    faster (forward+backward, eager, 2 threads, median of 8: handout shape 741.5 ms separate vs
+    769.5 ms cat; cpu-small 283.4 vs 283.5 ms)."""
+    return linear(w2, F.silu(linear(w1, x)) * linear(w3, x))
+
+
+def fused_silu_ffn(
+    w1: Float[Tensor, "d_ff d_model"], w2: Float[Tensor, "d_model d_ff"], x: Float[Tensor, "*batch d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    return linear(w2, F.silu(linear(w1, x)))

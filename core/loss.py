@@ -1,6 +1,7 @@
 """Cross-entropy of next-token predictions."""
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -19,3 +20,13 @@ def cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tensor, "*
     log_normaliser = torch.log(torch.exp(shifted).sum(dim=-1))
     target_logit = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (log_normaliser - target_logit).mean()
+
+
+def fused_cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tensor, "*batch"]) -> Float[Tensor, ""]:
+    """cross_entropy() through F.cross_entropy, in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def cross_entropy_for(kernels: str):
+    """The loss of ModelConfig.kernels: "torch" -> fused_cross_entropy, "reference" -> cross_entropy."""
+    return fused_cross_entropy if kernels == "torch" else cross_entropy

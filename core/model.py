@@ -4,21 +4,43 @@ The pytree mirrors the reference state dict (see params/init.py): flattening it 
 as `layers.0.attn.q_proj.weight`. Ablations (norm placement, no positions, SiLU FFN, tied
 embeddings) are switches of the same forward, set in ModelConfig."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.attention import KV, Rotation, multihead_self_attention_step, rope_rotation
+from core.attention import KV, Rotation, fused_self_attention_step, multihead_self_attention_step, rope_rotation
 from core.config import ModelConfig
-from core.layers import embedding, linear, rmsnorm, silu_ffn, swiglu
+from core.layers import embedding, fused_rmsnorm, fused_silu_ffn, fused_swiglu, linear, rmsnorm, silu_ffn, swiglu
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The functions one value of ModelConfig.kernels computes the model with."""
+
+    rmsnorm: Callable
+    attention_step: Callable
+    swiglu: Callable
+    silu_ffn: Callable
+
+
+KERNELS = {
+    "reference": Kernels(rmsnorm, multihead_self_attention_step, swiglu, silu_ffn),
+    "torch": Kernels(fused_rmsnorm, fused_self_attention_step, fused_swiglu, fused_silu_ffn),
+}
+
+
+def _norm(params: dict, x: Tensor, config: ModelConfig) -> Tensor:
+    return KERNELS[config.kernels].rmsnorm(params["weight"], x, config.rmsnorm_eps)
 
 
 def feed_forward(params: dict, x: Float[Tensor, "*batch d_model"], config: ModelConfig) -> Float[Tensor, "*batch d_model"]:
+    kernels = KERNELS[config.kernels]
     if config.ffn == "swiglu":
-        return swiglu(params["w1"]["weight"], params["w2"]["weight"], params["w3"]["weight"], x)
-    return silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x)
+        return kernels.swiglu(params["w1"]["weight"], params["w2"]["weight"], params["w3"]["weight"], x)
+    return kernels.silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x)
 
 
 def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device) -> Rotation | None:
@@ -30,17 +52,16 @@ def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device
 
 
 def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None) -> tuple[Tensor, KV]:
-    attn, ffn, eps = params["attn"], params["ffn"], config.rmsnorm_eps
+    attn, ffn = params["attn"], params["ffn"]
+    attention_step = KERNELS[config.kernels].attention_step
     if config.norm == "pre":
-        attended, kv = multihead_self_attention_step(
-            attn, rmsnorm(params["ln1"]["weight"], x, eps), config.num_heads, rotation=rotation, past=past
-        )
+        attended, kv = attention_step(attn, _norm(params["ln1"], x, config), config.num_heads, rotation=rotation, past=past)
         h = x + attended
-        return h + feed_forward(ffn, rmsnorm(params["ln2"]["weight"], h, eps), config), kv
-    attended, kv = multihead_self_attention_step(attn, x, config.num_heads, rotation=rotation, past=past)
+        return h + feed_forward(ffn, _norm(params["ln2"], h, config), config), kv
+    attended, kv = attention_step(attn, x, config.num_heads, rotation=rotation, past=past)
     if config.norm == "post":
-        h = rmsnorm(params["ln1"]["weight"], x + attended, eps)
-        return rmsnorm(params["ln2"]["weight"], h + feed_forward(ffn, h, config), eps), kv
+        h = _norm(params["ln1"], x + attended, config)
+        return _norm(params["ln2"], h + feed_forward(ffn, h, config), config), kv
     h = x + attended
     return h + feed_forward(ffn, h, config), kv
 
@@ -65,7 +86,7 @@ def _check_length(tokens: Tensor, config: ModelConfig, past_len: int = 0) -> Non
 
 def _logits(params: dict, x: Tensor, config: ModelConfig) -> Tensor:
     if config.norm == "pre":
-        x = rmsnorm(params["ln_final"]["weight"], x, config.rmsnorm_eps)
+        x = _norm(params["ln_final"], x, config)
     head = params["token_embeddings"] if config.tie_embeddings else params["lm_head"]
     return linear(head["weight"], x)
 

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import ModelConfig
-from core.loss import cross_entropy
+from core.loss import cross_entropy_for
 from core.model import forward
 from core.optim import GradientTransformation, apply_updates, global_norm
 from core.train_state import TrainState
@@ -39,7 +39,7 @@ def loss_fn(
     """Mean next-token cross-entropy of the model on one batch."""
     with _autocast(autocast):
         logits = forward(params, x, config)
-    return cross_entropy(logits, y)
+    return cross_entropy_for(config.kernels)(logits, y)
 
 
 def make_grad_and_value(

@@ -116,7 +116,14 @@ def run_transformer_block(
 ) -> Float[Tensor, " batch sequence_length d_model"]:
     # A block needs no vocabulary; the config's vocab_size is a placeholder.
     config = ModelConfig(
-        vocab_size=1, context_length=max_seq_len, d_model=d_model, num_layers=1, num_heads=num_heads, d_ff=d_ff, rope_theta=theta
+        vocab_size=1,
+        context_length=max_seq_len,
+        d_model=d_model,
+        num_layers=1,
+        num_heads=num_heads,
+        d_ff=d_ff,
+        rope_theta=theta,
+        kernels="reference",  # the handout's math, not torch's fused kernels
     )
     return model.transformer_block(unflatten(weights), in_features, config)
 
@@ -140,6 +147,7 @@ def run_transformer_lm(
         num_heads=num_heads,
         d_ff=d_ff,
         rope_theta=rope_theta,
+        kernels="reference",  # the handout's math, not torch's fused kernels
     )
     return model.forward(load_params(weights, config), in_indices, config)
 
