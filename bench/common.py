@@ -46,25 +46,6 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def matmul_peak(
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5
-) -> float:
-    """FLOP/s of the best of `repeats` timed n x n @ n x n matrix products on `device`: the
-    machine's practical matmul peak, the denominator of a measured MFU."""
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    a @ b  # warm-up: allocations, kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 def print_speed_table(
     times: dict[str, float],
     tokens_per_step: int,

@@ -21,21 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.common import SHAPES, StepFn, matmul_peak, peer_step_fn, print_table, pure_step_fn
+from bench.common import SHAPES, StepFn, peer_step_fn, print_table, pure_step_fn
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
 from params.init import init_params
 from pipelines.training.data import get_batch, step_generator
+from pipelines.training.peak import peak_flops
 
-# Dense peak FLOP/s by device name: (pattern, bf16, fp32 without tensor cores).
-PEAKS = [
-    (r"H100.*PCIe", 756e12, 51e12),
-    (r"H100|H200|GH200", 989e12, 67e12),
-    (r"A100", 312e12, 19.5e12),
-    (r"\bL4\b", 121e12, 30.3e12),
-    (r"RTX 4090", 165e12, 82.6e12),
-]
 VARIANTS = ("pure step, eager", "peer, eager", "pure step, compiled", "peer, compiled")
 TINY = {"vocab_size": 128, "context_length": 32, "d_model": 32, "num_layers": 2, "num_heads": 2}
 
@@ -47,17 +40,6 @@ class Setup:
     peak: float
     compile: bool
     steps: int
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """The chip's dense peak for `dtype` from PEAKS, else a timed matmul; and where it came from."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for pattern, bf16, fp32 in PEAKS:
-            if re.search(pattern, name):
-                return (bf16 if dtype in (torch.bfloat16, torch.float16) else fp32), f"{name}, datasheet"
-        return matmul_peak(device, dtype, n=8192, repeats=10), f"{name}, measured 8192^3 matmul"
-    return matmul_peak(device, dtype, n=512), "CPU, measured 512^3 matmul"
 
 
 def sync(device: torch.device) -> None:

@@ -19,10 +19,11 @@ import argparse
 
 import torch
 
-from bench.common import SHAPES, matmul_peak, peer_step_fn, print_speed_table, pure_step_fn, time_interleaved
+from bench.common import SHAPES, peer_step_fn, print_speed_table, pure_step_fn, time_interleaved
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
+from pipelines.training.peak import measured_matmul_flops
 from params.init import init_params
 
 EAGER_PEER, COMPILED_PEER = "peer: nn.Module + torch.optim.AdamW, eager", "peer: nn.Module + torch.optim.AdamW, compiled"
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y = (torch.randint(0, config.vocab_size, (batch_size, config.context_length), generator=generator) for _ in range(2))
     fns = variants(config, (x, y), compile=not args.no_compile)
 
-    peak = matmul_peak("cpu", torch.float32)
+    peak = measured_matmul_flops("cpu", torch.float32, size=2048)
     print(f"shape {args.shape}: {config}\nbatch {batch_size} x context {config.context_length}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; fp32 matmul peak measured {peak / 1e9:.1f} GFLOP/s (2048^3, best of 5); "
           f"median of {args.repeats} training steps (warm-up and compilation excluded)\n")
