@@ -1,6 +1,7 @@
 """Rotary position embeddings, scaled dot-product attention and causal multi-head self-attention."""
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -124,6 +125,13 @@ def multihead_self_attention(
     return out
 
 
+def causal_attention(
+    q: Float[Tensor, "*batch q d_k"], k: Float[Tensor, "*batch k d_k"], v: Float[Tensor, "*batch k d_v"]
+) -> Float[Tensor, "*batch q d_v"]:
+    """Causal attention of the last q of k positions (the handout's math, mask materialised)."""
+    return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[-2], k.shape[-2], q.device))
+
+
 def multihead_self_attention_step(
     params: dict,
     x: Float[Tensor, "*batch seq d_model"],
@@ -131,11 +139,17 @@ def multihead_self_attention_step(
     *,
     rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]] | None = None,
     past: KV | None = None,
+    attend: Callable[[Tensor, Tensor, Tensor], Tensor] = causal_attention,
 ) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
     """Self-attention of new positions over `past` keys/values plus their own (a KV cache).
 
-    `rotation` is rope_rotation() of the new positions (None: no position information).
-    Returns the output and the keys/values extended by the new positions."""
+    `rotation` is rope_rotation() of the new positions (None: no position information); `attend`
+    is the causal attention of the heads (causal_attention, or fused_causal_attention on torch's
+    kernel). Returns the output and the keys/values extended by the new positions.
+
+    Three projections, not one matmul of torch.cat((wq, wk, wv)): the cat measured no faster
+    (forward+backward, eager, 2 threads, median of 8: handout shape batch 4 741.5 ms separate vs
+    750.2 ms cat; cpu-small batch 32 283.4 vs 281.2 ms, within noise)."""
     q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
     k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
     v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
@@ -145,8 +159,7 @@ def multihead_self_attention_step(
     if past is not None:
         k = torch.cat((past[0], k), dim=-2)
         v = torch.cat((past[1], v), dim=-2)
-    attended = scaled_dot_product_attention(q, k, v, causal_mask(x.shape[-2], k.shape[-2], x.device))
-    return linear(params["output_proj"]["weight"], merge_heads(attended)), (k, v)
+    return linear(params["output_proj"]["weight"], merge_heads(attend(q, k, v))), (k, v)
 
 
 # -- the fast path: F.scaled_dot_product_attention --------------------------------------------
@@ -166,29 +179,3 @@ def fused_causal_attention(
     if num_queries == 1:
         return F.scaled_dot_product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))
-
-
-def fused_self_attention_step(
-    params: dict,
-    x: Float[Tensor, "*batch seq d_model"],
-    num_heads: int,
-    *,
-    rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]] | None = None,
-    past: KV | None = None,
-) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
-    """multihead_self_attention_step() on torch's fused attention kernel.
-
-    Three projections, not one matmul of torch.cat((wq, wk, wv)): the cat measured no faster
-    (forward+backward, eager, 2 threads, median of 8: handout shape batch 4 741.5 ms separate vs
-    750.2 ms cat; cpu-small batch 32 283.4 vs 281.2 ms, within noise), so it is left out."""
-    q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
-    k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
-    v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
-    if rotation is not None:
-        per_head = tuple(t.unsqueeze(-3) for t in rotation)
-        q, k = rotate_pairs(q, per_head), rotate_pairs(k, per_head)
-    if past is not None:
-        k = torch.cat((past[0], k), dim=-2)
-        v = torch.cat((past[1], v), dim=-2)
-    attended = fused_causal_attention(q, k, v)
-    return linear(params["output_proj"]["weight"], merge_heads(attended)), (k, v)

@@ -26,7 +26,3 @@ def fused_cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tens
     """cross_entropy() through F.cross_entropy, in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-
-def cross_entropy_for(kernels: str):
-    """The loss of ModelConfig.kernels: "torch" -> fused_cross_entropy, "reference" -> cross_entropy."""
-    return fused_cross_entropy if kernels == "torch" else cross_entropy

@@ -8,27 +8,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.attention import KV, Rotation, fused_self_attention_step, multihead_self_attention_step, rope_rotation
+from core.attention import KV, Rotation, causal_attention, fused_causal_attention, multihead_self_attention_step, rope_rotation
 from core.config import ModelConfig
-from core.layers import embedding, fused_rmsnorm, fused_silu_ffn, fused_swiglu, linear, rmsnorm, silu_ffn, swiglu
+from core.layers import embedding, fused_rmsnorm, linear, rmsnorm, silu, silu_ffn, swiglu
+from core.loss import cross_entropy, fused_cross_entropy
 
 
 @dataclass(frozen=True)
 class Kernels:
-    """The functions one value of ModelConfig.kernels computes the model with."""
+    """The primitives one value of ModelConfig.kernels computes the model and its loss with; the
+    model around them is written once."""
 
     rmsnorm: Callable
-    attention_step: Callable
-    swiglu: Callable
-    silu_ffn: Callable
+    attention: Callable  # causal attention of the last q of k positions
+    silu: Callable
+    cross_entropy: Callable
 
 
 KERNELS = {
-    "reference": Kernels(rmsnorm, multihead_self_attention_step, swiglu, silu_ffn),
-    "torch": Kernels(fused_rmsnorm, fused_self_attention_step, fused_swiglu, fused_silu_ffn),
+    "reference": Kernels(rmsnorm, causal_attention, silu, cross_entropy),
+    "torch": Kernels(fused_rmsnorm, fused_causal_attention, F.silu, fused_cross_entropy),
 }
 
 
@@ -37,10 +40,10 @@ def _norm(params: dict, x: Tensor, config: ModelConfig) -> Tensor:
 
 
 def feed_forward(params: dict, x: Float[Tensor, "*batch d_model"], config: ModelConfig) -> Float[Tensor, "*batch d_model"]:
-    kernels = KERNELS[config.kernels]
+    activation = KERNELS[config.kernels].silu
     if config.ffn == "swiglu":
-        return kernels.swiglu(params["w1"]["weight"], params["w2"]["weight"], params["w3"]["weight"], x)
-    return kernels.silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x)
+        return swiglu(params["w1"]["weight"], params["w2"]["weight"], params["w3"]["weight"], x, activation)
+    return silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x, activation)
 
 
 def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device) -> Rotation | None:
@@ -53,12 +56,14 @@ def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device
 
 def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None) -> tuple[Tensor, KV]:
     attn, ffn = params["attn"], params["ffn"]
-    attention_step = KERNELS[config.kernels].attention_step
+    attend = KERNELS[config.kernels].attention
     if config.norm == "pre":
-        attended, kv = attention_step(attn, _norm(params["ln1"], x, config), config.num_heads, rotation=rotation, past=past)
+        attended, kv = multihead_self_attention_step(
+            attn, _norm(params["ln1"], x, config), config.num_heads, rotation=rotation, past=past, attend=attend
+        )
         h = x + attended
         return h + feed_forward(ffn, _norm(params["ln2"], h, config), config), kv
-    attended, kv = attention_step(attn, x, config.num_heads, rotation=rotation, past=past)
+    attended, kv = multihead_self_attention_step(attn, x, config.num_heads, rotation=rotation, past=past, attend=attend)
     if config.norm == "post":
         h = _norm(params["ln1"], x + attended, config)
         return _norm(params["ln2"], h + feed_forward(ffn, h, config), config), kv

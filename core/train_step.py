@@ -11,21 +11,20 @@ known-good state to checkpoint if the next step diverges.
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import ModelConfig
-from core.loss import cross_entropy_for
-from core.model import forward
+from core.model import KERNELS, forward
 from core.optim import GradientTransformation, apply_updates, global_norm
 from core.train_state import TrainState
 from core.tree import Tree, tree_flatten, tree_unflatten
 
 # `torch.autograd.grad` or `torch.func.grad_and_value` over the same pure loss; bench/train.py
-# times both (eager on the CPU, autograd has been the faster by 5-15%: less dispatch per op).
+# times both (eager on the CPU, autograd has mostly been the faster: less dispatch per op).
 GradMode = Literal["func", "autograd"]
 # e.g. ("cuda", torch.bfloat16): matmuls in bf16, parameters and optimizer state stay float32.
 Autocast = tuple[str, torch.dtype] | None
@@ -39,7 +38,7 @@ def loss_fn(
     """Mean next-token cross-entropy of the model on one batch."""
     with _autocast(autocast):
         logits = forward(params, x, config)
-    return cross_entropy_for(config.kernels)(logits, y)
+    return KERNELS[config.kernels].cross_entropy(logits, y)
 
 
 def make_grad_and_value(
