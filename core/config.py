@@ -70,6 +70,11 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def architecture_changes(self, other: "ModelConfig") -> list[str]:
+        """The fields in which `other` is another model; `kernels` is not one of them: it only
+        chooses how the same function is computed."""
+        return [f.name for f in fields(self) if f.name != "kernels" and getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in fields(cls)}

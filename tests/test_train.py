@@ -109,6 +109,13 @@ def test_resume_refuses_a_different_model_and_a_fresh_run_refuses_an_occupied_di
         train(with_overrides(config, {"run_dir": str(tmp_path / "empty")}), resume=True)
 
 
+def test_a_run_resumes_on_the_other_kernels(token_dir, tmp_path):
+    config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 5, "model.kernels": "reference"})
+    train(config)
+    resumed = with_overrides(config, {"max_steps": 7, "model.kernels": "torch"})
+    assert saved_state(train(resumed, resume=True), resumed).step == 7
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_dir, tmp_path, monkeypatch):
     original = train_module.make_train_step
 

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from core.accounting import training_step_flops
+from core.config import ModelConfig
 from core.optim import GradientTransformation
 from core.train_state import TrainState, init_train_state
 from core.train_step import Autocast, TrainStep, make_train_step
@@ -126,8 +127,7 @@ def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     saved = read_train_state(path)
-    # Which kernels compute the model is no part of it: a run may resume on the other ones.
-    changed = [k for k, v in config.model.to_dict().items() if k != "kernels" and saved["model_config"].get(k) != v]
+    changed = config.model.architecture_changes(ModelConfig.from_dict(saved["model_config"]))
     if changed:
         raise ValueError(f"--resume: the model config differs from the checkpoint {path} in {changed}")
     return saved
