@@ -3,6 +3,9 @@
 Each draw has its own generator: a fresh CPU generator seeded with s gives the numbers the global
 RNG gives after torch.manual_seed(s), so the snapshot inputs are the reference suite's."""
 
+from collections import Counter
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -46,3 +49,22 @@ def model_tree(generator: torch.Generator, dtype: torch.dtype = torch.float32) -
 
 def like(tree, generator: torch.Generator, scale: float = 1.0):
     return tree_map(lambda p: (scale * torch.randn(p.shape, generator=generator, dtype=torch.float64)).to(p.dtype), tree)
+
+
+def check_batches(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], dataset: np.ndarray, context_length: int, iterations: int) -> None:
+    """`iterations` batches from `draw` are int64 windows of `dataset` with targets shifted by one,
+    and their starts are uniform over every possible start (each count within 5 standard
+    deviations of its binomial mean)."""
+    starts: Counter[int] = Counter()
+    batch_size = None
+    for _ in range(iterations):
+        x, y = draw()
+        batch_size = len(x)
+        assert x.shape == y.shape == (batch_size, context_length)
+        assert x.dtype == y.dtype == torch.int64
+        assert torch.equal(x + 1, y)
+        starts.update(x[:, 0].tolist())
+    possible = len(dataset) - context_length
+    assert min(starts) == 0 and max(starts) == possible - 1
+    expected = iterations * batch_size / possible
+    assert all(abs(starts[s] - expected) < 5 * np.sqrt(expected) for s in range(possible))

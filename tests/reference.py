@@ -64,3 +64,16 @@ def lm64(w: dict[str, Tensor], tokens: Tensor, config: ModelConfig) -> Tensor:
         x = F.rms_norm(x, (x.shape[-1],), w["ln_final.weight"].double(), eps=config.rmsnorm_eps)
     head = w["token_embeddings.weight"] if config.tie_embeddings else w["lm_head.weight"]
     return x @ head.double().T
+
+
+def torch_causal_self_attention(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, num_heads: int) -> Tensor:
+    """Causal self-attention by nn.MultiheadAttention (no bias), from the four projection weights."""
+    d_model, seq = x.shape[-1], x.shape[-2]
+    module = torch.nn.MultiheadAttention(d_model, num_heads, bias=False, batch_first=True)
+    with torch.no_grad():
+        module.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
+        module.out_proj.weight.copy_(wo)
+    # nn.MultiheadAttention's boolean mask marks the positions NOT allowed to attend.
+    future = torch.ones(seq, seq, dtype=torch.bool).triu(diagonal=1)
+    out, _ = module(x, x, x, attn_mask=future, need_weights=False)
+    return out

@@ -5,7 +5,6 @@ math is tested through the project's own API in test_layers.py, test_model.py an
 import io
 import json
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shared_path
-from core.attention import causal_mask
 from core.bytes_unicode import from_printable
 from core.optim import adamw, apply_updates
 from core.tree import tree_leaves
@@ -21,8 +19,8 @@ from params.init import init_params
 from params.tree import flatten
 
 from . import adapters
-from .inputs import like, model_tree, randint, randn, small_config, snapshot, snapshot_inputs
-from .reference import attention64, block64, lm64, rope64
+from .inputs import check_batches, like, model_tree, randint, randn, small_config, snapshot, snapshot_inputs
+from .reference import attention64, block64, lm64, rope64, torch_causal_self_attention
 
 # -- layers and the loss ------------------------------------------------------------------------
 
@@ -139,12 +137,7 @@ def test_multihead_attention_matches_torch_module():
     d_model, heads, seq = 32, 4, 6
     x = randn(0, 2, seq, d_model)
     wq, wk, wv, wo = (randn(i, d_model, d_model) / d_model**0.5 for i in range(1, 5))
-    reference = torch.nn.MultiheadAttention(d_model, heads, bias=False, batch_first=True)
-    with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
-        reference.out_proj.weight.copy_(wo)
-    # nn.MultiheadAttention's boolean mask marks the positions NOT allowed to attend.
-    expected, _ = reference(x, x, x, attn_mask=~causal_mask(seq, seq, x.device), need_weights=False)
+    expected = torch_causal_self_attention(x, wq, wk, wv, wo, heads)
     out = adapters.run_multihead_self_attention(
         d_model=d_model, num_heads=heads, q_proj_weight=wq, k_proj_weight=wk, v_proj_weight=wv, o_proj_weight=wo, in_features=x
     )
@@ -215,19 +208,9 @@ def test_transformer_lm_matches_reference(seq):
 
 def test_get_batch_shapes_shift_and_uniform_starts():
     dataset = np.arange(0, 100)
-    context_length, batch_size, iterations = 7, 32, 1000
-    starts: Counter[int] = Counter()
-    for _ in range(iterations):  # the suite's adapter takes no generator: torch's global RNG draws
-        x, y = adapters.run_get_batch(dataset=dataset, batch_size=batch_size, context_length=context_length, device="cpu")
-        assert x.shape == y.shape == (batch_size, context_length)
-        assert x.dtype == y.dtype == torch.int64
-        assert torch.equal(x + 1, y)
-        starts.update(x[:, 0].tolist())
-    possible = len(dataset) - context_length
-    assert min(starts) == 0 and max(starts) == possible - 1
-    expected = iterations * batch_size / possible
-    # Each count is binomial: 5 standard deviations either side holds for every start.
-    assert all(abs(starts[s] - expected) < 5 * np.sqrt(expected) for s in range(possible))
+    # The suite's adapter takes no generator: torch's global RNG draws.
+    draw = lambda: adapters.run_get_batch(dataset=dataset, batch_size=32, context_length=7, device="cpu")  # noqa: E731
+    check_batches(draw, dataset, context_length=7, iterations=1000)
 
 
 def test_get_batch_on_an_unavailable_device_raises():

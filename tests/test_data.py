@@ -1,30 +1,17 @@
 """Batches of token windows from memory-mapped token files, and the fixed validation windows."""
 
-from collections import Counter
-
 import numpy as np
 import pytest
 import torch
 
 from pipelines.training.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
 
+from .inputs import check_batches
+
 
 def test_get_batch_shapes_shift_and_uniform_starts():
-    dataset = np.arange(0, 100)
-    context_length, batch_size, iterations = 7, 32, 1000
-    generator = torch.Generator().manual_seed(0)
-    starts: Counter[int] = Counter()
-    for _ in range(iterations):
-        x, y = get_batch(dataset, batch_size, context_length, "cpu", generator=generator)
-        assert x.shape == y.shape == (batch_size, context_length)
-        assert x.dtype == y.dtype == torch.int64
-        assert torch.equal(x + 1, y)
-        starts.update(x[:, 0].tolist())
-    possible = len(dataset) - context_length
-    assert min(starts) == 0 and max(starts) == possible - 1
-    expected = iterations * batch_size / possible
-    # Each count is binomial: 5 standard deviations either side holds for every start.
-    assert all(abs(starts[s] - expected) < 5 * np.sqrt(expected) for s in range(possible))
+    dataset, generator = np.arange(0, 100), torch.Generator().manual_seed(0)
+    check_batches(lambda: get_batch(dataset, 32, 7, "cpu", generator=generator), dataset, context_length=7, iterations=1000)
 
 
 def test_get_batch_on_an_unavailable_device_raises():

@@ -14,7 +14,7 @@ from params.modules import TransformerLM
 from params.tree import flatten
 
 from .inputs import randint, randn, small_config, snapshot, snapshot_inputs
-from .reference import attention64, block64, lm64, rope64
+from .reference import attention64, block64, lm64, rope64, torch_causal_self_attention
 
 
 def test_attention_matches_snapshot():
@@ -81,12 +81,7 @@ def test_multihead_attention_matches_torch_module():
     d_model, heads, seq = 32, 4, 6
     x = randn(0, 2, seq, d_model)
     wq, wk, wv, wo = (randn(i, d_model, d_model) / d_model**0.5 for i in range(1, 5))
-    reference = torch.nn.MultiheadAttention(d_model, heads, bias=False, batch_first=True)
-    with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
-        reference.out_proj.weight.copy_(wo)
-    # nn.MultiheadAttention's boolean mask marks the positions NOT allowed to attend.
-    expected, _ = reference(x, x, x, attn_mask=~causal_mask(seq, seq, x.device), need_weights=False)
+    expected = torch_causal_self_attention(x, wq, wk, wv, wo, heads)
     params = {"q_proj": {"weight": wq}, "k_proj": {"weight": wk}, "v_proj": {"weight": wv}, "output_proj": {"weight": wo}}
     torch.testing.assert_close(multihead_self_attention(params, x, heads), expected, atol=1e-5, rtol=1e-5)
 
