@@ -14,7 +14,6 @@ must fall: the step trains.
 
 import argparse
 import gc
-import re
 import time
 from dataclasses import dataclass
 

@@ -5,11 +5,9 @@ test_adapters.py.)"""
 import io
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
 from core.optim import (
     EmptyState,
     ScaleByAdamState,

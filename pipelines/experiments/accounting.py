@@ -146,7 +146,6 @@ def default_report() -> str:
 
 
 def config_report(config: ModelConfig, steps: int, batch_size: int, peak_flops: float, mfu: float) -> str:
-    memory = training_memory(config, batch_size)
     step = training_step_flops(config, batch_size)
     seconds = training_seconds(config, steps, batch_size, peak_flops, mfu)
     tokens = steps * batch_size * config.context_length
