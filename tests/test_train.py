@@ -251,6 +251,14 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
     assert str(tmp_path / "cache" / "data" / "tinystories") in message and "--data.path" in message
 
 
+def test_missing_data_or_foreign_token_ids_fail_before_the_run_directory_exists(token_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        train(tiny_config(tmp_path / "nowhere", tmp_path / "run", {"max_steps": 1}))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        train(tiny_config(token_dir, tmp_path / "run", {"max_steps": 1, "model.vocab_size": 16}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_asking_for_wandb_without_it_installed_fails_before_any_work(token_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed, wherever the suite runs
     config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 2, "wandb": True})

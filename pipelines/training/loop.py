@@ -37,7 +37,7 @@ from pipelines.training.device import autocast_for, enable_tf32, select_device
 from pipelines.training.metrics import MetricsLog, import_wandb, start_wandb
 from pipelines.training.optimizer import make_optimizer, make_schedule
 from pipelines.training.peak import peak_flops
-from pipelines.training.prepare import TrainingData, open_training_data
+from pipelines.training.prepare import TrainingData, open_training_data, with_run_tokenizer
 from pipelines.training.run_dir import CONFIG_FILE, FINAL, LAST, SUMMARY_FILE, checkpoint_path
 from pipelines.training.samples import write_samples
 from pipelines.training.signals import StopFlag, stop_on_signals
@@ -97,9 +97,10 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run_dir")
     wandb = import_wandb() if config.wandb else None  # a missing package fails here, before any work
 
+    data = open_training_data(config)  # missing or bad data fails here, before the run dir exists
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    data = open_training_data(config, run_dir)
+    data = with_run_tokenizer(data, run_dir, config.model.vocab_size)
     enable_tf32(device)
     optimizer = make_optimizer(config)
     autocast = autocast_for(device)

@@ -12,7 +12,7 @@ import hashlib
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,24 +43,31 @@ class TrainingData:
     train: np.ndarray  # memory-mapped token ids
     valid: np.ndarray
     valid_starts: np.ndarray  # the fixed validation windows
-    tokenizer: Tokenizer | None
+    tokenizer_source: Path | None  # the directory that decodes them, when known
+    tokenizer: Tokenizer | None = None  # the run's copy, once with_run_tokenizer has made it
 
 
-def open_training_data(config: TrainConfig, run_dir: Path) -> TrainingData:
-    """Token files checked against the vocabulary; the tokenizer copied into the run, when known,
-    so that the run decodes on its own."""
+def open_training_data(config: TrainConfig) -> TrainingData:
+    """Token files found or made, and checked against the vocabulary: every error about the data
+    comes from here, before the run writes anything."""
     files = prepare_data(config)
     train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
     for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
         check_tokens(tokens, config.model.vocab_size, name=str(path))
-    if files.tokenizer is not None and not (run_dir / TOKENIZER_DIR).exists():
-        shutil.copytree(files.tokenizer, run_dir / TOKENIZER_DIR)
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
-    if tokenizer is not None and len(tokenizer.vocab) < config.model.vocab_size:
-        print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {config.model.vocab_size} "
-              "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
     starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval.windows)
-    return TrainingData(train_tokens, valid_tokens, starts, tokenizer)
+    return TrainingData(train_tokens, valid_tokens, starts, files.tokenizer)
+
+
+def with_run_tokenizer(data: TrainingData, run_dir: Path, vocab_size: int) -> TrainingData:
+    """The data with the run's own copy of its tokenizer (copied in when missing), so that the
+    run decodes on its own; a resumed run keeps the copy it has."""
+    if data.tokenizer_source is not None and not (run_dir / TOKENIZER_DIR).exists():
+        shutil.copytree(data.tokenizer_source, run_dir / TOKENIZER_DIR)
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    if tokenizer is not None and len(tokenizer.vocab) < vocab_size:
+        print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {vocab_size} "
+              "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
+    return replace(data, tokenizer=tokenizer)
 
 
 def prepare_data(config: TrainConfig) -> DataFiles:
