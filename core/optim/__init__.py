@@ -5,14 +5,18 @@ from core.optim.adamw import adamw
 from core.optim.base import EmptyState, GradientTransformation, apply_updates, chain, global_norm
 from core.optim.clip import clip_by_global_norm, clip_scale
 from core.optim.learning_rate import Schedule, ScaleByLearningRateState, scale_by_learning_rate
+from core.optim.muon import ScaleByMuonState, muon, newton_schulz, scale_by_muon
+from core.optim.partition import PartitionState, muon_labels, partition
 from core.optim.weight_decay import Mask, add_decayed_weights, decay_matrices
 
 __all__ = [
     "EmptyState",
     "GradientTransformation",
     "Mask",
+    "PartitionState",
     "ScaleByAdamState",
     "ScaleByLearningRateState",
+    "ScaleByMuonState",
     "Schedule",
     "adamw",
     "add_decayed_weights",
@@ -22,6 +26,11 @@ __all__ = [
     "clip_scale",
     "decay_matrices",
     "global_norm",
+    "muon",
+    "muon_labels",
+    "newton_schulz",
+    "partition",
     "scale_by_adam",
     "scale_by_learning_rate",
+    "scale_by_muon",
 ]
