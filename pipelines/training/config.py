@@ -31,21 +31,30 @@ def _require(ok: bool, name: str, requirement: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with global-norm gradient clipping (core/optim)."""
+    """Global-norm gradient clipping, then AdamW on every parameter ("adamw"), or Muon on the hidden
+    matrices and AdamW on the rest ("muon"; core/optim/muon.py, core/optim/partition.py). The
+    AdamW fields serve AdamW in both; Muon's learning rate follows the schedule's shape, scaled
+    from schedule.lr to muon_lr."""
 
+    name: str = "adamw"  # or "muon"
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_gains: bool = False  # decay the RMSNorm gains too (torch.optim.AdamW decays every parameter)
     max_grad_norm: float = 1.0
+    muon_lr: float = 0.02  # Muon's peak rate (modded-nanogpt's value)
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0  # its own: a step decays by rate x this, and muon_lr is ~20x schedule.lr
 
     def __post_init__(self) -> None:
-        for name in ("beta1", "beta2"):
+        _require(self.name in ("adamw", "muon"), "optim.name", "be adamw or muon", self.name)
+        for name in ("beta1", "beta2", "muon_momentum"):
             _require(0 <= getattr(self, name) < 1, f"optim.{name}", "lie in [0, 1)", getattr(self, name))
-        for name in ("eps", "weight_decay"):
+        for name in ("eps", "weight_decay", "muon_weight_decay"):
             _require(getattr(self, name) >= 0, f"optim.{name}", "be >= 0", getattr(self, name))
-        _require(self.max_grad_norm > 0, "optim.max_grad_norm", "be positive", self.max_grad_norm)
+        for name in ("max_grad_norm", "muon_lr"):
+            _require(getattr(self, name) > 0, f"optim.{name}", "be positive", getattr(self, name))
 
 
 @dataclass(frozen=True)
