@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from core.optim import GradientTransformation, adamw, chain, clip_by_global_norm, decay_matrices
+from core.optim import GradientTransformation, adamw, chain, clip_by_global_norm, decay_matrices, muon, muon_labels, partition
 from core.schedule import warmup_cosine
 from pipelines.training.config import TrainConfig
 
@@ -13,18 +13,28 @@ def make_schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def make_optimizer(config: TrainConfig) -> GradientTransformation:
-    """Clip by global norm, then AdamW on the schedule. Weight decay skips the RMSNorm gains
-    (1-D leaves) unless optim.decay_gains: a gain pulled towards 0 only rescales a normalised
-    activation, which the next matrix can undo."""
+    """Clip by global norm, then AdamW on the schedule ("adamw"), or ("muon") Muon on the hidden
+    matrices and AdamW on the rest, routed by `muon_labels`. Clipping comes first, over all the
+    gradients together, as before. Weight decay skips the RMSNorm gains (1-D leaves) unless
+    optim.decay_gains: a gain pulled towards 0 only rescales a normalised activation, which the
+    next matrix can undo."""
     optim = config.optim
-    return chain(
-        clip_by_global_norm(optim.max_grad_norm),
-        adamw(
-            make_schedule(config),
-            b1=optim.beta1,
-            b2=optim.beta2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=None if optim.decay_gains else decay_matrices,
-        ),
+    schedule = make_schedule(config)
+    adam = adamw(
+        schedule,
+        b1=optim.beta1,
+        b2=optim.beta2,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        mask=None if optim.decay_gains else decay_matrices,
     )
+    if optim.name == "adamw":
+        return chain(clip_by_global_norm(optim.max_grad_norm), adam)
+    # The same warm-up and decay for both, each scaled to its own peak.
+    muon_schedule = _scaled(schedule, optim.muon_lr / config.schedule.lr)
+    hidden = muon(muon_schedule, momentum=optim.muon_momentum, weight_decay=optim.muon_weight_decay)
+    return chain(clip_by_global_norm(optim.max_grad_norm), partition({"muon": hidden, "adam": adam}, muon_labels))
+
+
+def _scaled(schedule: Callable[[int], float], factor: float) -> Callable[[int], float]:
+    return lambda step: factor * schedule(step)
