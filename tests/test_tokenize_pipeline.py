@@ -42,13 +42,13 @@ def test_output_is_the_encoding_of_the_whole_text_with_its_sidecar(corpus, tmp_p
     expected = tokenizer.encode(path.read_text(encoding="utf-8"))
     assert ids.tolist() == expected
 
-    sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    sidecar = json.loads((tmp_path / "ids.npy.meta.json").read_text(encoding="utf-8"))
     assert sidecar["tokenizer_sha256"] == tokenizer.fingerprint()
     assert sidecar["num_tokens"] == len(expected)
     assert sidecar["dtype"] == "uint16"
     assert sidecar["source"]["size"] == sidecar["source_bytes"] == path.stat().st_size
     assert sidecar["source"]["path"] == str(path.resolve())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "ids.npy"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", "ids.npy.meta.json"]  # no temporary left
 
 
 @pytest.mark.parametrize("separator", [f"\n{EOT}\n", EOT, "\n"], ids=["eot-lines", "eot-inline", "no-special"])

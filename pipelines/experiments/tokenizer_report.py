@@ -50,7 +50,7 @@ def trained_tokenizer(text: Path, vocab_size: int, cache: Path) -> tuple[Tokeniz
     directory = cache / f"{text.stem}-v{vocab_size}-{file_key(text)}"
     if not (directory / META_FILE).exists():
         started = time.perf_counter()
-        train_tokenizer(text, vocab_size, SPECIAL_TOKENS, directory)
+        train_tokenizer(text, vocab_size, SPECIAL_TOKENS, directory, force=True)  # its own cache: redo a half-made one
         seconds = time.perf_counter() - started
         # The profile question: how much of that was pre-tokenization? Timed as a second pass with
         # the worker count train_bpe picks; the merges take the rest.

@@ -1,15 +1,19 @@
 """Encode a text file into a .npy of token ids, in parallel, streamed to disk, with a JSON sidecar.
 
-    python -m pipelines.tokenizer.encode INPUT --tokenizer DIR --out FILE.npy [--workers N]
+    python -m pipelines.tokenizer.encode INPUT --tokenizer DIR --out FILE.npy [--workers N] [--force]
 
 The file is split into byte ranges at safe cuts (pipelines/tokenizer/files.py); workers encode the
 ranges and the ids are appended to the output in file order, so the result is exactly
 `tokenizer.encode(whole text)` while no process holds more than a range. The .npy is uint16 when
 every id fits, else uint32, and opens with `np.load(path, mmap_mode="r")`.
 
-FILE.json records what the ids came from (tokenizer fingerprint, source path, size and mtime); when
-it matches, a rerun does nothing. Both files appear atomically: written under a temporary name,
-then renamed.
+The sidecar FILE.npy.meta.json records what the ids came from (tokenizer fingerprint, source path,
+size and mtime); when it matches, a rerun does nothing. Both files appear atomically: written under
+a temporary name, then renamed.
+
+The outputs are checked before any work (pipelines/tokenizer/outputs.py): neither may be the text
+or lie inside the tokenizer's folder, and a file already there is replaced only with --force, or
+when the sidecar shows this command wrote it: re-encoding its own output loses no one's data.
 """
 
 import argparse
@@ -27,11 +31,13 @@ from tqdm import tqdm
 
 from core.tokenizer import Tokenizer
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
+from pipelines.tokenizer.outputs import check_outputs, write_text_atomically
 from pipelines.tokenizer.store import load_tokenizer
 
 # The .npy header written for a 1-D array pads its shape field so that its length (128 bytes) does
 # not depend on the number of elements: reserve it, stream the ids after it, fill it in at the end.
 _HEADER_BYTES = 128
+SIDECAR_SUFFIX = ".meta.json"
 
 
 def _npy_header(dtype: np.dtype, length: int) -> bytes:
@@ -66,14 +72,40 @@ def _source_record(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _up_to_date(out: Path, sidecar: Path, expected: dict) -> bool:
-    """The sidecar describes these inputs and the .npy beside it is whole."""
+def sidecar_path(out: Path) -> Path:
+    """Where the record of `out` goes: its whole name plus .meta.json (ids.npy.meta.json), a name
+    that only this command makes; `ids.json` could be anything, a tokenizer's vocab.json included."""
+    return out.with_name(out.name + SIDECAR_SUFFIX)
+
+
+def read_record(out: Path) -> dict | None:
+    """What the sidecar of `out` records (tokenizer_sha256, dtype, num_tokens, source, ...), or None
+    when there is no sidecar this command wrote."""
     try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8"))
-        whole = out.stat().st_size == _HEADER_BYTES + recorded["num_tokens"] * np.dtype(recorded["dtype"]).itemsize
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(sidecar_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fields = {"tokenizer_sha256": str, "dtype": str, "num_tokens": int, "source": dict}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return None
+    return record
+
+
+def _whole(out: Path, record: dict) -> bool:
+    """The .npy is as long as its record says: a file replaced or cut short since is not."""
+    try:
+        return out.stat().st_size == _HEADER_BYTES + record["num_tokens"] * np.dtype(record["dtype"]).itemsize
+    except (OSError, TypeError):
         return False
-    return whole and all(recorded.get(key) == value for key, value in expected.items())
+
+
+def _check_outputs(out: Path, inputs: list[Path], record: dict | None, force: bool) -> None:
+    """The .npy and its sidecar may be written: see check_outputs. Files this command made, as
+    their sidecar shows, are its own to replace; anything else there needs `force`."""
+    if out.suffix != ".npy":
+        raise ValueError(f"--out {out}: the name must end in .npy")
+    made_here = record is not None and (not os.path.lexists(out) or _whole(out, record))
+    check_outputs([out, sidecar_path(out)], inputs, "--out", replace=force or made_here)
 
 
 def encode_file(
@@ -82,34 +114,49 @@ def encode_file(
     out_path: str | os.PathLike,
     workers: int | None = None,
     *,
+    force: bool = False,
     progress: bool = False,
     piece_bytes: int = PIECE_BYTES,
 ) -> Path:
-    """Encode the UTF-8 file `input_path` into the .npy `out_path` (sidecar: same name, .json).
+    """Encode the UTF-8 file `input_path` into the .npy `out_path` (sidecar: sidecar_path).
 
     `tokenizer`: a Tokenizer or a directory it was saved to. `workers`: encoding processes; by
-    default one per CPU, or just this process for files under 4 MiB. Does nothing when the
-    sidecar shows the output is already there for the same tokenizer and source file.
+    default one per CPU, or just this process for files under 4 MiB. Outputs are checked first: a
+    file there that this function did not write is replaced only with `force`. Does nothing when
+    the sidecar shows the output is already there for the same tokenizer and source file.
     """
     path = check_text_file(input_path)
-    tokenizer_dir = None
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer_dir = str(Path(tokenizer).resolve())
-        tokenizer = load_tokenizer(tokenizer)
     out = Path(out_path)
-    sidecar = out.with_suffix(".json")
+    tokenizer_dir = None if isinstance(tokenizer, Tokenizer) else Path(tokenizer)
+    recorded = read_record(out)
+    _check_outputs(out, [path] + ([tokenizer_dir] if tokenizer_dir else []), recorded, force)
+    if tokenizer_dir is not None:
+        tokenizer = load_tokenizer(tokenizer_dir)
     dtype = np.dtype(np.uint16 if max(tokenizer.vocab) < 2**16 else np.uint32)
     expected = {"tokenizer_sha256": tokenizer.fingerprint(), "dtype": dtype.name, "source": _source_record(path)}
-    if _up_to_date(out, sidecar, expected):
+    if recorded is not None and _whole(out, recorded) and all(recorded.get(k) == v for k, v in expected.items()):
         if progress:
             print(f"{out} is up to date with {path} and this tokenizer: nothing to do")
         return out
 
     size = expected["source"]["size"]
     workers = workers or (1 if size < SERIAL_BELOW else default_workers())
+    count = _write_ids(path, tokenizer, out, dtype, workers, progress, piece_bytes)
+    record = {
+        **expected, "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir else None,
+        "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1),
+    }
+    write_text_atomically(sidecar_path(out), json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def _write_ids(
+    path: Path, tokenizer: Tokenizer, out: Path, dtype: np.dtype, workers: int, progress: bool, piece_bytes: int
+) -> int:
+    """Stream the ids of the file into `out` under a temporary name, rename it there; the count."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
     try:
         with open(temporary, "wb") as file:
             file.write(bytes(_HEADER_BYTES))
@@ -124,12 +171,7 @@ def encode_file(
     finally:
         bar.close()
         temporary.unlink(missing_ok=True)
-
-    record = {**expected, "tokenizer": tokenizer_dir, "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1)}
-    temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, sidecar)
-    return out
+    return count
 
 
 def _encoded_ranges(
@@ -151,17 +193,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer.encode", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 text to encode")
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by train_tokenizer")
-    parser.add_argument("--out", type=Path, required=True, help="output .npy (a .json sidecar goes beside it)")
+    parser.add_argument("--out", type=Path, required=True, help="output .npy (its sidecar FILE.npy.meta.json goes beside it)")
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: per file size and CPUs)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out this command did not write")
     args = parser.parse_args(argv)
 
     started_at, started = time.time(), time.perf_counter()
     try:
-        out = encode_file(args.input, args.tokenizer, args.out, args.workers, progress=True)
+        out = encode_file(args.input, args.tokenizer, args.out, args.workers, force=args.force, progress=True)
     except (ValueError, OSError) as error:
         sys.exit(f"error: {error}")
     elapsed = time.perf_counter() - started
-    sidecar = out.with_suffix(".json")
+    sidecar = sidecar_path(out)
     record = json.loads(sidecar.read_text(encoding="utf-8"))
     print(f"{out}: {record['num_tokens']} tokens ({record['dtype']}), {record['bytes_per_token']:.2f} bytes/token")
     if sidecar.stat().st_mtime >= started_at:  # written by this run, not a skip

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 from core.tokenizer import Tokenizer, format_merges, format_vocab, parse_merges, parse_vocab
+from pipelines.tokenizer.outputs import write_text_atomically
 
 VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
+TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, SPECIALS_FILE)
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
@@ -24,11 +26,12 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
-    """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if needed)."""
+    """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if needed),
+    each whole or not at all. It writes over files there: callers check first (check_outputs)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / VOCAB_FILE).write_text(format_vocab(tokenizer.vocab), encoding="utf-8")
-    (directory / MERGES_FILE).write_text(format_merges(tokenizer.merges), encoding="utf-8")
+    write_text_atomically(directory / VOCAB_FILE, format_vocab(tokenizer.vocab))
+    write_text_atomically(directory / MERGES_FILE, format_merges(tokenizer.merges))
     specials = json.dumps(tokenizer.special_tokens, ensure_ascii=False) + "\n"
-    (directory / SPECIALS_FILE).write_text(specials, encoding="utf-8")
+    write_text_atomically(directory / SPECIALS_FILE, specials)
     return directory

@@ -1,13 +1,15 @@
 """Train a byte-level BPE tokenizer on a text file and save it (vocab.json, merges.txt, special_tokens.json).
 
-    python -m pipelines.tokenizer.train INPUT --vocab-size 10000 --special '<|endoftext|>' --out DIR
+    python -m pipelines.tokenizer.train INPUT --vocab-size 10000 --special '<|endoftext|>' --out DIR [--force]
 
 Pre-token counting runs in parallel: the file is split into byte ranges at safe cuts (before a
 special token, or after a lone newline; see core/pretokenize.py), and each worker streams its range
 in bounded pieces, so memory grows with the number of distinct pre-tokens, never with the file
 size. The merges then run in this process (core/bpe.py).
 
-The file cutting and reading lives in pipelines/tokenizer/files.py, shared with encoding.
+The file cutting and reading lives in pipelines/tokenizer/files.py, shared with encoding. `--out`
+is checked before training (pipelines/tokenizer/outputs.py): a folder already holding a tokenizer's
+files is written over only with --force.
 """
 
 import argparse
@@ -27,7 +29,8 @@ from core.bpe import extend_vocab, initial_vocab, iter_merges
 from core.pretokenize import count_pretokens, special_token_regex
 from core.tokenizer import Tokenizer
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
-from pipelines.tokenizer.store import save_tokenizer
+from pipelines.tokenizer.outputs import check_outputs
+from pipelines.tokenizer.store import TOKENIZER_FILES, save_tokenizer
 
 
 def _count_range(task: tuple[Path, int, int, list[str], int]) -> tuple[Counter[str], int]:
@@ -100,11 +103,20 @@ def train_tokenizer(
     vocab_size: int,
     special_tokens: Sequence[str],
     out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
     **kwargs,
 ) -> Path:
-    """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer to `out_dir`."""
+    """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer to `out_dir`,
+    which must not hold a tokenizer's files already unless `force`."""
+    check_tokenizer_out(Path(out_dir), check_text_file(input_path), force)
     vocab, merges = train_bpe(input_path, vocab_size, special_tokens, **kwargs)
     return save_tokenizer(Tokenizer(vocab, merges, list(special_tokens)), out_dir)
+
+
+def check_tokenizer_out(out_dir: Path, text: Path, force: bool) -> None:
+    """ValueError unless the tokenizer's files can go into `out_dir`: see check_outputs."""
+    check_outputs([out_dir / name for name in TOKENIZER_FILES], [text], "--out", replace=force)
 
 
 def _peak_memory_mib() -> float:
@@ -121,14 +133,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the tokenizer into")
     parser.add_argument("--workers", type=int, default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
+    parser.add_argument("--force", action="store_true", help="write over a tokenizer already in --out")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     try:
+        check_tokenizer_out(args.out, check_text_file(args.input), args.force)  # before the long part
         vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
+        out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
     except (ValueError, OSError) as error:
         sys.exit(f"error: {error}")
-    out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
     elapsed = time.perf_counter() - started
 
     specials = {token.encode("utf-8") for token in args.special}

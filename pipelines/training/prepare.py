@@ -134,4 +134,5 @@ def _train_tokenizer(text: Path, vocab_size: int, out_dir: Path) -> None:
 
 def _encoded(text: Path, tokenizer_dir: Path, token_dir: Path) -> Path:
     # encode_file writes atomically and skips the work when its sidecar shows the output is current.
-    return encode_file(text, tokenizer_dir, token_dir / f"{text.stem}.npy", progress=True)
+    # The cache is this program's own: a file there that is not current is redone (force).
+    return encode_file(text, tokenizer_dir, token_dir / f"{text.stem}.npy", force=True, progress=True)
