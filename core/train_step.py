@@ -5,8 +5,11 @@
     params = apply_updates(state.params, updates)
 
 The learning rate and step count live in the optimizer's state, so the step takes nothing else.
-Nothing is mutated, so a caller can keep the previous state around for free, e.g. as the last
-known-good state to checkpoint if the next step diverges.
+By default nothing is mutated, so a caller can keep the previous state around for free. With
+`donate=True` (what the trainer uses) the step reuses the incoming state's storage: the optimizer
+moments and the parameters are updated in place (core/optim/base.py) and no parameter-sized buffers
+are allocated beyond the gradients and one temporary. To keep a donated state valid, the step first
+checks that the loss and gradient norm are finite and applies nothing when they are not.
 """
 
 import contextlib
@@ -29,7 +32,8 @@ GradMode = Literal["func", "autograd"]
 # e.g. ("cuda", torch.bfloat16): matmuls in bf16, parameters and optimizer state stay float32.
 Autocast = tuple[str, torch.dtype] | None
 Batch = tuple[Tensor, Tensor]
-TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, Tensor]]]
+Metrics = dict[str, Tensor | bool]
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 
 
 def loss_fn(
@@ -76,18 +80,27 @@ def make_train_step(
     grad_mode: GradMode = "autograd",
     autocast: Autocast = None,
     compile: bool = False,
+    donate: bool = False,
 ) -> TrainStep:
     """The step function of `optimizer` (e.g. chain(clip_by_global_norm(1.0), adamw(schedule)))
     on the model `config`. Its metrics are the loss and the gradient norm before clipping, as
-    tensors on the device: reading them is the caller's choice of when to sync."""
+    tensors on the device, and `applied`.
+
+    Without `donate`, the step never reads them (the caller chooses when to sync) and `applied` is
+    True. With `donate`, the incoming state is updated in place, so the step reads one flag from
+    the device first: a step whose loss or gradient norm is not finite returns the state untouched
+    with `applied` False."""
     grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Tensor]]:
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         x, y = batch
         grads, loss = grad_and_value(state.params, x, y)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": global_norm(grads)}
+        grad_norm = global_norm(grads)  # before the optimizer: a donated update overwrites grads
+        if donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            return state, {"loss": loss, "grad_norm": grad_norm, "applied": False}
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, donate=donate)
+        params = apply_updates(state.params, updates, donate=donate)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "applied": True}
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return train_step

@@ -38,8 +38,9 @@ def torch_adamw(params, lr, betas, eps, weight_decay, masked: bool) -> tuple[tor
     return optimizer, leaves
 
 
-def run_both(dtype, masked, steps=200, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, seed=0):
-    """Ours and torch's AdamW over the same gradient sequence; returns both final leaf lists."""
+def run_both(dtype, masked, steps=200, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, seed=0, donate=False):
+    """Ours (donating its inputs or not) and torch's AdamW over the same gradient sequence; returns
+    both final leaf lists."""
     generator = torch.Generator().manual_seed(seed)
     params = model_tree(generator, dtype)
     reference, leaves = torch_adamw(params, lr, betas, eps, weight_decay, masked)
@@ -50,8 +51,8 @@ def run_both(dtype, masked, steps=200, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, wei
         for leaf, grad in zip(leaves, tree_leaves(grads), strict=True):
             leaf.grad = grad.clone()
         reference.step()
-        updates, state = optimizer.update(grads, state, params)
-        params = apply_updates(params, updates)
+        updates, state = optimizer.update(grads, state, params, donate=donate)
+        params = apply_updates(params, updates, donate=donate)
     return tree_leaves(params), leaves, state
 
 
@@ -61,6 +62,37 @@ def test_adamw_equals_torch_adamw_in_float64(masked):
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
     assert state[0].count == 200 and state[2].count == 200
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_donated_update_gives_the_same_numbers_in_place(masked):
+    kept, _, kept_state = run_both(torch.float32, masked, steps=30)
+    donated, _, donated_state = run_both(torch.float32, masked, steps=30, donate=True)
+    assert kept_state[0].count == donated_state[0].count == 30
+    for a, b in zip(kept + tree_leaves(kept_state[0][1:]), donated + tree_leaves(donated_state[0][1:]), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_donation_writes_into_the_inputs_and_its_absence_leaves_them_alone():
+    generator = torch.Generator().manual_seed(4)
+    params = model_tree(generator)
+    optimizer = chain(clip_by_global_norm(0.1), adamw(1e-2, weight_decay=0.1, mask=decay_matrices))
+    state = optimizer.update(like(params, generator), optimizer.init(params), params)[1]
+    grads = like(params, generator)
+    inputs = (params, state[1][0].mu, state[1][0].nu, grads)
+    before = [t.clone() for t in tree_leaves(inputs)]
+    updates, new_state = optimizer.update(grads, state, params)
+    new_params = apply_updates(params, updates)
+    assert all(torch.equal(t, b) for t, b in zip(tree_leaves(inputs), before, strict=True))
+
+    updates, donated_state = optimizer.update(grads, state, params, donate=True)
+    donated_params = apply_updates(params, updates, donate=True)
+    storage = {t.data_ptr() for t in tree_leaves(inputs)}
+    outputs = (donated_params, donated_state[1][0].mu, donated_state[1][0].nu)
+    assert all(t.data_ptr() in storage for t in tree_leaves(outputs))
+    expected = (new_params, new_state[1][0].mu, new_state[1][0].nu)
+    for a, b in zip(tree_leaves(expected), tree_leaves(outputs), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_the_mask_spares_the_gains_and_only_them():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.accounting import training_step_flops
+from core.model import forward
 from core.optim import adamw, chain, clip_by_global_norm
 from core.train_state import TrainState, init_train_state
 from core.train_step import make_train_step
@@ -123,24 +124,61 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(toke
         step_fn = original(*args, **kwargs)
 
         def step(state, batch):
-            state, metrics = step_fn(state, batch)
-            if state.step >= 8:  # from the 8th update on, as after a real blow-up
-                metrics = {**metrics, "loss": torch.tensor(float("nan"))}
-            return state, metrics
+            if state.step + 1 >= 8:  # the 8th update sees a non-finite loss, as after a blow-up
+                return state, {"loss": torch.tensor(float("nan")), "grad_norm": torch.tensor(1.0), "applied": False}
+            return step_fn(state, batch)
 
         return step
 
     monkeypatch.setattr(train_module, "make_train_step", failing_from_step_8)
-    config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 30})
+    config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 30, "checkpoint_every": 5})
     run_dir = train(config)
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["status"] == "diverged"
-    assert "non-finite loss at step 8" in summary["message"]
+    assert "non-finite loss at step 8" in summary["message"] and "(step 5)" in summary["message"]
     state = saved_state(run_dir, config)
-    assert state.step == 5  # the last boundary at which every loss was finite
+    assert state.step == 5  # the last checkpoint, written before the divergence
     assert all(torch.isfinite(t).all() for t in flatten(state.params).values())
     assert not checkpoint_path(run_dir, "final.pt").exists()
     assert read_metrics(run_dir)[-1] == {"step": 8, "event": "diverged", "wall": read_metrics(run_dir)[-1]["wall"]}
+
+
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_a_huge_learning_rate_diverges_and_never_writes_weights_that_overflow(token_dir, tmp_path, log_every):
+    config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 12, "schedule.lr": 1e9, "schedule.warmup_steps": 0,
+                                                       "log_every": log_every, "checkpoint_every": 1})
+    run_dir = train(config)
+    summary = orjson.loads((run_dir / "summary.json").read_bytes())
+    assert summary["status"] == "diverged", summary
+    assert not checkpoint_path(run_dir, "final.pt").exists()
+    if checkpoint_path(run_dir).exists():  # whatever was written gives finite logits
+        state = saved_state(run_dir, config)
+        tokens = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(forward(state.params, tokens, config.model)).all()
+        assert f"(step {state.step})" in summary["message"]
+    else:
+        assert "no checkpoint was written" in summary["message"]
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(token_dir, tmp_path, monkeypatch, capsys):
+    original, calls = train_module.save_train_state, []
+
+    def full_disk_on_the_second_save(path, state, meta):
+        calls.append(state.step)
+        if len(calls) == 2:
+            raise OSError(28, f"could not write checkpoint {path}: No space left on device")
+        original(path, state, meta)
+
+    monkeypatch.setattr(train_module, "save_train_state", full_disk_on_the_second_save)
+    run_dir = tmp_path / "run"
+    argv = ["tinystories", "--preset", "cpu-small", "--run_dir", str(run_dir), "--max_steps", "30", "--checkpoint_every", "5",
+            *[f"--set={k}={v}" for k, v in {**TINY, "data.path": str(token_dir)}.items() if k != "checkpoint_every"]]
+    assert main(argv) == 1
+    summary = orjson.loads((run_dir / "summary.json").read_bytes())
+    assert summary["status"] == "failed" and summary["step"] == 10
+    assert "No space left on device" in summary["message"] and "(step 5)" in summary["message"]
+    assert read_train_state(checkpoint_path(run_dir))["step"] == 5
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_path):

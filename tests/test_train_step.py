@@ -11,6 +11,7 @@ from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
 from core.schedule import warmup_cosine
 from core.train_state import init_train_state
 from core.train_step import make_train_step
+from core.tree import tree_leaves, tree_map
 from params.init import init_params
 from params.tree import flatten, unflatten
 
@@ -45,21 +46,48 @@ def _torch_steps(initial: dict, batches, max_norm: float) -> dict[str, torch.Ten
 
 @pytest.mark.parametrize("grad_mode", ["autograd", "func"])
 @pytest.mark.parametrize("max_norm", [1e9, 0.5])  # clipping off, and clipping every step
-def test_the_pure_step_equals_the_torch_optim_loop(grad_mode, max_norm):
+@pytest.mark.parametrize("donate", [False, True])
+def test_the_pure_step_equals_the_torch_optim_loop(grad_mode, max_norm, donate):
     params = init_params(CONFIG, torch.Generator().manual_seed(0))
-    optimizer = chain(
-        clip_by_global_norm(max_norm),
-        adamw(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=decay_matrices),
-    )
-    step = make_train_step(CONFIG, optimizer, grad_mode=grad_mode)
-    state = init_train_state(params, optimizer, rng=0)
+    optimizer = _optimizer(max_norm)
+    step = make_train_step(CONFIG, optimizer, grad_mode=grad_mode, donate=donate)
+    state = init_train_state(tree_map(torch.clone, params), optimizer, rng=0)
     batches = _batches(6)
     for batch in batches:
         state, metrics = step(state, batch)
+        assert metrics["applied"] is True
     expected = _torch_steps(flatten(params), batches, max_norm)
     assert state.step == 6
     for name, tensor in flatten(state.params).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _optimizer(max_norm: float = 1.0):
+    return chain(
+        clip_by_global_norm(max_norm),
+        adamw(SCHEDULE, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=decay_matrices),
+    )
+
+
+@pytest.mark.parametrize("bad", ["inf parameter", "nan parameter"])
+def test_a_donating_step_applies_nothing_when_the_loss_or_gradient_is_not_finite(bad):
+    params = init_params(CONFIG, torch.Generator().manual_seed(0))
+    optimizer = _optimizer()
+    step = make_train_step(CONFIG, optimizer, donate=True)
+    state, _ = step(init_train_state(params, optimizer, rng=0), _batches(1)[0])
+    # A blown-up weight, as after an update that overflowed: the next loss or gradient is not finite.
+    state.params["layers"][0]["ffn"]["w1"]["weight"][0, 0] = float("inf") if bad == "inf parameter" else float("nan")
+    before = [t.clone() for t in _tensors(state)]
+    after, metrics = step(state, _batches(2)[1])
+    assert metrics["applied"] is False
+    assert not (torch.isfinite(metrics["loss"]) and torch.isfinite(metrics["grad_norm"]))
+    assert after.step == 1 and after.opt_state[1][0].count == 1
+    for a, b in zip(_tensors(after), before, strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    return [t for t in tree_leaves((state.params, state.opt_state)) if isinstance(t, torch.Tensor)]
 
 
 def test_the_step_leaves_its_input_state_untouched_and_reports_loss_and_norm():

@@ -7,17 +7,18 @@
 
 Trees are pytrees (`core.tree`). A state is a NamedTuple, tuple, dict or list whose leaves are
 tensors or Python numbers, so a checkpoint can save it leaf by leaf under key paths and rebuild it
-into `optimizer.init(params)` as a template. Nothing passed in is modified in place: every update
-returns new tensors, so the previous parameters and state stay valid (the trainer keeps the last
-good ones when a step diverges).
+into `optimizer.init(params)` as a template.
+
+Donation, as `jax.jit(donate_argnums=...)` offers it. By default nothing passed in is modified:
+every update returns new tensors, so the caller may keep the previous parameters and state. With
+`update(..., donate=True)` and `apply_updates(..., donate=True)` the caller says it no longer needs
+the incoming updates, state and parameters, and the transformations write into their storage in
+place: a step then allocates no new parameter-sized buffers beyond one temporary (what
+torch.optim.AdamW(foreach=True) allocates too). The trainer donates (core/train_step.py).
 
 Each transformation works on the whole leaf list with `torch._foreach_*` ops: one kernel launch
-per operation instead of a Python loop of small ops per leaf. The out-of-place foreach variants are
-used: on the project's CPU (torch 2.13) they are as fast as a clone plus the in-place op, or faster
-(lerp: 0.16 vs 0.35 ms over the cpu-small model's 1.28M parameters). In-place ops appear only on
-tensors a transformation has just made. Each transformation flattens its trees once; with torch's
-Python pytree that costs ~0.1 ms per flatten of the model's tree, most of the update's fixed cost
-(bench/optimizer.py).
+per operation instead of a Python loop of small ops per leaf. Each transformation flattens its trees
+once; that is most of the update's fixed cost (bench/optimizer.py).
 """
 
 from collections.abc import Callable
@@ -33,7 +34,7 @@ State = Any  # NamedTuples, tuples, dicts and lists of tensors and Python number
 
 
 class GradientTransformation(NamedTuple):
-    """`init(params) -> state`; `update(updates, state, params=None) -> (updates, state)`."""
+    """`init(params) -> state`; `update(updates, state, params=None, *, donate=False) -> (updates, state)`."""
 
     init: Callable[[Tree], State]
     update: Callable[..., tuple[Tree, State]]
@@ -50,24 +51,31 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     def init(params: Tree) -> tuple[State, ...]:
         return tuple(t.init(params) for t in transforms)
 
-    def update(updates: Tree, state: tuple[State, ...], params: Tree | None = None) -> tuple[Tree, tuple[State, ...]]:
+    def update(
+        updates: Tree, state: tuple[State, ...], params: Tree | None = None, *, donate: bool = False
+    ) -> tuple[Tree, tuple[State, ...]]:
         if len(state) != len(transforms):
             raise ValueError(f"chain: a state of {len(state)} parts for {len(transforms)} transformations")
         new_state = []
         for transform, inner in zip(transforms, state):
-            updates, inner = transform.update(updates, inner, params)
+            updates, inner = transform.update(updates, inner, params, donate=donate)
             new_state.append(inner)
         return updates, tuple(new_state)
 
     return GradientTransformation(init, update)
 
 
-def apply_updates(params: Tree, updates: Tree) -> Tree:
-    """New parameters `params + updates` (updates already carry the sign and the learning rate)."""
+def apply_updates(params: Tree, updates: Tree, *, donate: bool = False) -> Tree:
+    """`params + updates` (updates already carry the sign and the learning rate): new tensors, or,
+    with `donate`, the parameters' own tensors updated in place."""
     leaves, spec = tree_flatten(params)
     if not leaves:
         return params
-    return tree_unflatten(list(torch._foreach_add(leaves, leaves_like(updates, spec, "apply_updates: updates"))), spec)
+    updates = leaves_like(updates, spec, "apply_updates: updates")
+    if donate:
+        torch._foreach_add_(leaves, updates)
+        return params
+    return tree_unflatten(list(torch._foreach_add(leaves, updates)), spec)
 
 
 def global_norm(tree: Tree) -> Float[Tensor, ""]:

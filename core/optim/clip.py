@@ -25,11 +25,16 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
     def init(params: Tree) -> EmptyState:
         return EmptyState()
 
-    def update(updates: Tree, state: EmptyState, params: Tree | None = None) -> tuple[Tree, EmptyState]:
+    def update(
+        updates: Tree, state: EmptyState, params: Tree | None = None, *, donate: bool = False
+    ) -> tuple[Tree, EmptyState]:
         leaves, spec = tree_flatten(updates)
         if not leaves:
             return updates, state
         scale = clip_scale(global_norm(leaves), max_norm, eps)
+        if donate:
+            torch._foreach_mul_(leaves, scale)
+            return updates, state
         return tree_unflatten(list(torch._foreach_mul(leaves, scale)), spec), state
 
     return GradientTransformation(init, update)

@@ -25,12 +25,15 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransform
         return ScaleByLearningRateState(0)
 
     def update(
-        updates: Tree, state: ScaleByLearningRateState, params: Tree | None = None
+        updates: Tree, state: ScaleByLearningRateState, params: Tree | None = None, *, donate: bool = False
     ) -> tuple[Tree, ScaleByLearningRateState]:
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         leaves, spec = tree_flatten(updates)
         new_state = ScaleByLearningRateState(state.count + 1)
         if not leaves:
+            return updates, new_state
+        if donate:
+            torch._foreach_mul_(leaves, -lr)
             return updates, new_state
         return tree_unflatten(list(torch._foreach_mul(leaves, -lr)), spec), new_state
 

@@ -20,7 +20,9 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
     def init(params: Tree) -> EmptyState:
         return EmptyState()
 
-    def update(updates: Tree, state: EmptyState, params: Tree | None = None) -> tuple[Tree, EmptyState]:
+    def update(
+        updates: Tree, state: EmptyState, params: Tree | None = None, *, donate: bool = False
+    ) -> tuple[Tree, EmptyState]:
         if params is None:
             raise ValueError("add_decayed_weights: update needs the params")
         leaves, spec = tree_flatten(updates)
@@ -30,7 +32,11 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
         chosen = [i for i, keep in enumerate(_mask_leaves(mask, params, spec)) if keep]
         if not chosen:
             return updates, state
-        decayed = torch._foreach_add([leaves[i] for i in chosen], [param_leaves[i] for i in chosen], alpha=weight_decay)
+        chosen_updates, chosen_params = [leaves[i] for i in chosen], [param_leaves[i] for i in chosen]
+        if donate:
+            torch._foreach_add_(chosen_updates, chosen_params, alpha=weight_decay)
+            return updates, state
+        decayed = torch._foreach_add(chosen_updates, chosen_params, alpha=weight_decay)
         out = list(leaves)  # the leaves outside the mask pass through as they are (never modified)
         for i, leaf in zip(chosen, decayed, strict=True):
             out[i] = leaf

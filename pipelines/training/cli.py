@@ -18,7 +18,7 @@ from pipelines.training.loop import train
 from pipelines.training.presets import preset_for_device
 from pipelines.training.run_dir import CONFIG_FILE, SUMMARY_FILE
 
-EXIT_CODES = {"completed": 0, "interrupted": 130, "diverged": 1}
+EXIT_CODES = {"completed": 0, "interrupted": 130, "diverged": 1, "failed": 1}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,13 +2,18 @@
 
     run, state = start(config, resume)           # a fresh TrainState, or the one in last.pt
     while state.step < max_steps:
-        state, metrics = run.step(state, batch for (state.rng, state.step))
-        at each log / eval / checkpoint boundary: check finite, log, evaluate, checkpoint
+        state, metrics = run.step(state, batch for (state.rng, state.step))   # donated, checked
+        at each log / eval / checkpoint boundary: log, evaluate, checkpoint
     finish(run, outcome)                         # final.pt, summary.json, samples
 
 A run lives in one directory (pipelines/training/run_dir.py lists its files). Its summary.json
 ends with status "completed", "interrupted" (SIGINT/SIGTERM; a checkpoint of the current step was
-written) or "diverged" (a non-finite loss or gradient norm; the last good checkpoint was written).
+written), "diverged" (a non-finite loss, gradient norm or validation loss: the step that saw it
+was not applied and nothing more is written; the last checkpoint written stays the good one) or
+"failed" (a checkpoint could not be written, e.g. a full disk; the previous one is intact).
+
+A checkpoint is written only for a state shown good: finite parameters and a finite loss on the
+batch the next step trains on. So no checkpoint ever holds weights that give non-finite logits.
 """
 
 import contextlib
@@ -27,7 +32,8 @@ from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.optim import GradientTransformation
 from core.train_state import TrainState, init_train_state
-from core.train_step import Autocast, TrainStep, make_train_step
+from core.train_step import Autocast, Metrics, TrainStep, loss_fn, make_train_step
+from core.tree import tree_leaves_by_path
 from params.init import count_params, init_params
 from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
 from pipelines.training.config import TrainConfig, with_overrides
@@ -58,20 +64,37 @@ class Run:
     log: MetricsLog
     flops_per_step: int  # matmul FLOPs of one step, by core/accounting.py's count
     peak_flops: float  # the device's, for MFU (pipelines/training/peak.py)
+    meta: dict  # what every checkpoint records beside the state: configs, tokenizer fingerprint
 
-    def save(self, name: str, state: TrainState) -> None:
-        meta = {
-            "model_config": self.config.model.to_dict(),
-            "train_config": self.config.to_dict(),
-            "tokenizer": self.data.tokenizer.fingerprint() if self.data.tokenizer else None,
-        }
-        save_train_state(checkpoint_path(self.run_dir, name), state, meta)
+    def batch(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of the step after `state`: a function of the run's key and the step only."""
+        config = self.config
+        generator = step_generator(state.rng, state.step)
+        return get_batch(self.data.train, config.data.batch_size, config.model.context_length, self.device, generator)
+
+    def save(self, names: tuple[str, ...], state: TrainState) -> str | None:
+        """Write `state` under each of `names` if it is good; else why it is not (nothing written)."""
+        problem = self.problem(state)
+        if problem is None:
+            for name in names:
+                save_train_state(checkpoint_path(self.run_dir, name), state, self.meta)
+        return problem
+
+    def problem(self, state: TrainState) -> str | None:
+        """Why `state` is not good, or None: a non-finite parameter, or a non-finite loss on the
+        batch the next step trains on (finite but blown-up weights overflow in the forward)."""
+        for name, leaf in tree_leaves_by_path(state.params).items():
+            if not bool(torch.isfinite(leaf).all()):
+                return f"parameter {name} is not finite"
+        with torch.no_grad():
+            loss = loss_fn(state.params, *self.batch(state), self.config.model, self.autocast)
+        return None if bool(torch.isfinite(loss)) else f"its loss on the next batch is {float(loss)}"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    state: TrainState  # the last state whose every loss and gradient norm was finite
-    status: str  # completed / interrupted / diverged
+    state: TrainState  # the state when the loop stopped (after the last applied step)
+    status: str  # completed / interrupted / diverged / failed
     message: str
     train_loss: float | None
     val_loss: float | None
@@ -104,7 +127,9 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     enable_tf32(device)
     optimizer = make_optimizer(config)
     autocast = autocast_for(device)
-    step = make_train_step(config.model, optimizer, grad_mode=config.grad_mode, autocast=autocast, compile=config.compile)  # type: ignore[arg-type]
+    step = make_train_step(
+        config.model, optimizer, grad_mode=config.grad_mode, autocast=autocast, compile=config.compile, donate=True  # type: ignore[arg-type]
+    )
     if saved is None:
         params = init_params(config.model, torch.Generator().manual_seed(config.seed), device=device)
         state = init_train_state(params, optimizer, rng=config.seed)
@@ -120,7 +145,13 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     )
     log = MetricsLog(run_dir, wandb_run)
     flops = training_step_flops(config.model, config.data.batch_size)
-    return Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log, flops, peak), state
+    meta = {
+        "model_config": config.model.to_dict(),
+        "train_config": config.to_dict(),
+        "tokenizer": data.tokenizer.fingerprint() if data.tokenizer else None,
+    }
+    run = Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log, flops, peak, meta)
+    return run, state
 
 
 def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
@@ -135,38 +166,71 @@ def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
 
 
 def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
-    """Steps until max_steps, a signal or a divergence; the boundaries log, evaluate and checkpoint."""
+    """Steps until max_steps, a signal, a divergence or a failed write; the boundaries log,
+    evaluate and checkpoint."""
     config = run.config
-    clock = _Clock(state.elapsed)
-    good, pending = state, []
-    train_loss = val_loss = None
+    progress = _Progress(_Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None)
+    pending: list[Metrics] = []
     bar = tqdm(total=config.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
     with bar:
         while state.step < config.max_steps:
-            generator = step_generator(state.rng, state.step)
-            batch = get_batch(run.data.train, config.data.batch_size, config.model.context_length, run.device, generator)
-            state, metrics = run.step(state, batch)
+            state, metrics = run.step(state, run.batch(state))
+            if not metrics["applied"]:
+                what = "loss" if not bool(torch.isfinite(metrics["loss"])) else "gradient norm"
+                return progress.diverged(run, state, f"non-finite {what} at step {state.step + 1}")
             pending.append(metrics)
             if not _is_boundary(config, state.step, stop.requested):
                 continue
-            state = state.replace(elapsed=clock.elapsed())
-            losses, norms = (torch.stack([m[k].float() for m in pending]).cpu() for k in ("loss", "grad_norm"))
-            bad = _first_non_finite(losses, norms)
-            if bad is not None:
-                return _diverged(run, good, state.step - len(pending) + bad[0] + 1, bad[1], train_loss, val_loss, clock)
-            train_loss = _log_training(run, state, losses, norms, clock, bar)
-            pending = []
+            state = state.replace(elapsed=progress.clock.elapsed())
+            progress.train_loss, pending = _log_training(run, state, pending, progress.clock, bar), []
             if state.step % config.eval.every == 0 or state.step == config.max_steps:
-                val_loss = _log_validation(run, state, bar)
-            good = state
+                progress.val_loss = _log_validation(run, state, bar)
+                if not math.isfinite(progress.val_loss):
+                    return progress.diverged(run, state, f"non-finite validation loss at step {state.step}")
             if state.step % config.checkpoint_every == 0 or stop.requested:
-                run.save(LAST, good)
+                stopped = progress.checkpoint(run, (LAST,), state)
+                if stopped is not None:
+                    return stopped
             if stop.requested and state.step < config.max_steps:
                 message = f"interrupted at step {state.step}; checkpoint saved to {checkpoint_path(run.run_dir)}"
-                return Outcome(good, "interrupted", message, train_loss, val_loss, clock.steps_per_s())
-            clock.pause()  # evaluation and checkpointing are not training time
-    message = f"finished {good.step} steps; final checkpoint {checkpoint_path(run.run_dir, FINAL)}"
-    return Outcome(good, "completed", message, train_loss, val_loss, clock.steps_per_s())
+                return progress.outcome(state, "interrupted", message)
+            progress.clock.pause()  # evaluation and checkpointing are not training time
+    return progress.checkpoint(run, (LAST, FINAL), state) or progress.outcome(
+        state, "completed", f"finished {state.step} steps; final checkpoint {checkpoint_path(run.run_dir, FINAL)}"
+    )
+
+
+@dataclass
+class _Progress:
+    """What the loop knows so far: the clock, the latest losses, the step of the last checkpoint."""
+
+    clock: "_Clock"
+    saved_step: int | None
+    train_loss: float | None = None
+    val_loss: float | None = None
+
+    def outcome(self, state: TrainState, status: str, message: str) -> Outcome:
+        return Outcome(state, status, message, self.train_loss, self.val_loss, self.clock.steps_per_s())
+
+    def checkpoint(self, run: Run, names: tuple[str, ...], state: TrainState) -> Outcome | None:
+        """Save `state` under `names`; the outcome that stops the run when it could not be."""
+        try:
+            problem = run.save(names, state)
+        except OSError as error:  # a full disk, a vanished directory: the previous file is intact
+            return self.outcome(state, "failed", f"{error}; {self._kept(run)}")
+        if problem is not None:
+            return self.diverged(run, state, f"step {state.step} is not good: {problem}")
+        self.saved_step = state.step
+        return None
+
+    def diverged(self, run: Run, state: TrainState, what: str) -> Outcome:
+        run.log.write({"step": state.step + 1, "event": "diverged", "wall": self.clock.elapsed()})
+        return self.outcome(state, "diverged", f"{what}; stopped, {self._kept(run)}")
+
+    def _kept(self, run: Run) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {checkpoint_path(run.run_dir)} (step {self.saved_step})"
 
 
 class _Clock:
@@ -198,25 +262,8 @@ def _is_boundary(config: TrainConfig, step: int, stopping: bool) -> bool:
     return stopping or step == config.max_steps or any(step % n == 0 for n in every)
 
 
-def _first_non_finite(losses: torch.Tensor, norms: torch.Tensor) -> tuple[int, str] | None:
-    """Index of the first step whose loss or gradient norm is not finite, and which one it was."""
-    for index, (loss, norm) in enumerate(zip(losses.tolist(), norms.tolist())):
-        if not math.isfinite(loss):
-            return index, "loss"
-        if not math.isfinite(norm):
-            return index, "gradient norm"
-    return None
-
-
-def _diverged(run: Run, good: TrainState, bad_step: int, what: str, train_loss, val_loss, clock: _Clock) -> Outcome:
-    run.save(LAST, good)
-    run.log.write({"step": bad_step, "event": "diverged", "wall": clock.elapsed()})
-    message = (f"non-finite {what} at step {bad_step}; stopped and saved the last good checkpoint "
-               f"(step {good.step}) to {checkpoint_path(run.run_dir)}")
-    return Outcome(good, "diverged", message, train_loss, val_loss, clock.steps_per_s())
-
-
-def _log_training(run: Run, state: TrainState, losses: torch.Tensor, norms: torch.Tensor, clock: _Clock, bar: tqdm) -> float:
+def _log_training(run: Run, state: TrainState, pending: list[Metrics], clock: _Clock, bar: tqdm) -> float:
+    losses, norms = (torch.stack([m[k].float() for m in pending]).cpu() for k in ("loss", "grad_norm"))
     tokens_per_step = run.config.data.batch_size * run.config.model.context_length
     seconds = clock.interval(len(losses))
     flops_per_s = len(losses) * run.flops_per_step / seconds
@@ -246,11 +293,8 @@ def _log_validation(run: Run, state: TrainState, bar: tqdm) -> float:
 
 
 def finish(run: Run, outcome: Outcome) -> dict:
-    """Final checkpoint and samples of a completed run; summary.json for every run."""
+    """summary.json for every run; samples for a completed one."""
     state, config = outcome.state, run.config
-    if outcome.status == "completed":
-        run.save(LAST, state)
-        run.save(FINAL, state)
     tokens_per_step = config.data.batch_size * config.model.context_length
 
     def rate(per_step: float) -> float | None:
