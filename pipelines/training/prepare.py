@@ -6,6 +6,9 @@ A data directory holds either encoded splits (`train.npy` / `valid.npy`, or any 
 into the cache ($LMKIT_CACHE, default ./cache): a tokenizer trained on the train split with the
 model's vocabulary size, and the encoded splits, keyed so a changed file or tokenizer is redone.
 Without it, TinyStories-V2 is downloaded into the cache (only the first data.train_mb MB of its training text when set).
+
+A resumed run reads its data with its own tokenizer: text is encoded with the run's copy (never a
+newly trained one), and data tied to another tokenizer is refused (pipelines/training/tokenizer_match.py).
 """
 
 import hashlib
@@ -25,6 +28,7 @@ from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import check_tokens, eval_starts, open_tokens
 from pipelines.training.run_dir import TOKENIZER_DIR
+from pipelines.training.tokenizer_match import check_same_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
@@ -47,10 +51,15 @@ class TrainingData:
     tokenizer: Tokenizer | None = None  # the run's copy, once with_run_tokenizer has made it
 
 
-def open_training_data(config: TrainConfig) -> TrainingData:
-    """Token files found or made, and checked against the vocabulary: every error about the data
-    comes from here, before the run writes anything."""
-    files = prepare_data(config)
+def open_training_data(config: TrainConfig, run_tokenizer: Path | None = None, recorded: str | None = None) -> TrainingData:
+    """Token files found or made, and checked against the vocabulary and the tokenizer: every error
+    about the data comes from here, before the run writes anything.
+
+    On resume, `run_tokenizer` is the run's own tokenizer folder (None when it has none) and
+    `recorded` the fingerprint its checkpoint stores (None when it stores none): text is encoded
+    with the run's tokenizer, and data, tokenizer and checkpoint that disagree are refused."""
+    files = prepare_data(config, run_tokenizer)
+    check_same_tokenizer(files.train, files.valid, files.tokenizer, run_tokenizer, recorded)
     train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
     for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
         check_tokens(tokens, config.model.vocab_size, name=str(path))
@@ -70,18 +79,21 @@ def with_run_tokenizer(data: TrainingData, run_dir: Path, vocab_size: int) -> Tr
     return replace(data, tokenizer=tokenizer)
 
 
-def prepare_data(config: TrainConfig) -> DataFiles:
-    """The token files (and tokenizer) of config.data: found, or made from text and cached."""
+def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> DataFiles:
+    """The token files (and tokenizer) of config.data: found, or made from text and cached. Text is
+    encoded with --data.tokenizer, else `run_tokenizer`, else one trained on the train split."""
     data = config.data
     source = Path(data.path) if data.path else fetch_tinystories(cache_dir() / "data" / config.dataset, data.train_mb)
     if not source.is_dir():
         raise FileNotFoundError(f"--data.path {source} is not a directory")
     tokenizer = Path(data.tokenizer) if data.tokenizer else None
+    if tokenizer is not None and not tokenizer.is_dir():
+        raise FileNotFoundError(f"--data.tokenizer {tokenizer} is not a directory")
     train_npy, valid_npy = find_split(source, "train", ".npy"), find_split(source, "valid", ".npy")
     if train_npy and valid_npy:
         if tokenizer is None and (source / "tokenizer").is_dir():
             tokenizer = source / "tokenizer"
-        return DataFiles(train_npy, valid_npy, tokenizer)
+        return DataFiles(train_npy, valid_npy, tokenizer or run_tokenizer)
 
     train_txt, valid_txt = find_split(source, "train", ".txt"), find_split(source, "valid", ".txt")
     if not (train_txt and valid_txt):
@@ -89,6 +101,7 @@ def prepare_data(config: TrainConfig) -> DataFiles:
             f"{source} holds neither encoded splits (train.npy and valid.npy) nor text splits "
             f"(train.txt and valid.txt, or names containing 'train' and 'valid' such as tinystories_train.txt)"
         )
+    tokenizer = tokenizer or run_tokenizer
     if tokenizer is None:
         tokenizer = cache_dir() / "tokenizers" / f"{train_txt.stem}-v{config.model.vocab_size}-{file_key(train_txt)}"
         if not tokenizer.is_dir():
