@@ -75,8 +75,10 @@ class PeerLM(nn.Module):
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None):
         super().__init__()
-        if (config.norm, config.position, config.ffn, config.tie_embeddings) != ("pre", "rope", "swiglu", False):
-            raise ValueError("the peer implements only the baseline: pre-norm, RoPE, SwiGLU, untied head")
+        switches = (config.qk_norm, config.logit_softcap, config.value_residual)
+        if (config.norm, config.position, config.ffn, config.tie_embeddings, switches) != ("pre", "rope", "swiglu", False, (False, None, False)):
+            raise ValueError("the peer implements only the baseline: pre-norm, RoPE, SwiGLU, untied head, no QK-norm, "
+                             "soft-cap or value residual")
         self.config = config
         self.token_embeddings = nn.Embedding(config.vocab_size, config.d_model, device=device)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers)).to(device)

@@ -2,7 +2,8 @@
 
 Pure arithmetic on a ModelConfig, following the handout's conventions (§3.6, §4.3):
 - a matrix product of (m x n) by (n x p) costs 2mnp FLOPs; only matrix products are counted
-  (norms, softmax, RoPE and activations are lower-order terms);
+  (norms, QK-norm, softmax, RoPE, activations, the value residual's mixing and the logit soft-cap
+  are lower-order terms);
 - attention scores are counted over the full T x T square, as the causal mask does not skip work
   in a plain implementation;
 - the backward pass costs twice the forward pass, so a training step costs 3x the forward FLOPs;
@@ -20,17 +21,23 @@ ADAMW_FLOPS_PER_PARAM = 14
 
 
 def params_by_component(config: ModelConfig) -> dict[str, int]:
-    """Trainable parameters grouped the way the FLOPs are; the values sum to count_params(config)."""
+    """Trainable parameters grouped the way the FLOPs are; the values sum to count_params(config).
+    "RMSNorm gains" includes QK-norm's (2 head_dim per layer); the value residual's scalars (one
+    per layer after the first) appear only when it is on."""
     d, f, layers = config.d_model, config.d_ff, config.num_layers
     ffn_matrices = 3 if config.ffn == "swiglu" else 2
     norms_per_block = 0 if config.norm == "none" else 2
-    return {
+    qk_norm_gains = 2 * config.head_dim if config.qk_norm else 0
+    counts = {
         "token embeddings": config.vocab_size * d,
         "attention projections (Q, K, V, O)": layers * 4 * d * d,
         "feed-forward": layers * ffn_matrices * d * f,
-        "RMSNorm gains": layers * norms_per_block * d + (d if config.norm == "pre" else 0),
+        "RMSNorm gains": layers * (norms_per_block * d + qk_norm_gains) + (d if config.norm == "pre" else 0),
         "LM head": 0 if config.tie_embeddings else config.vocab_size * d,
     }
+    if config.value_residual:
+        counts["value residual (lambda)"] = layers - 1
+    return counts
 
 
 def forward_flops_by_component(config: ModelConfig, context_length: int | None = None) -> dict[str, int]:
@@ -56,18 +63,22 @@ def activation_floats(config: ModelConfig, batch_size: int, context_length: int 
     """Activations kept for the backward pass, in floats, with the handout's terms:
 
     per block: the two RMSNorm outputs, Q/K/V, the Q K^T scores and their softmax (per head),
-    the weighted sum, the output projection, and the feed-forward's intermediate values (SiLU FFN:
-    W1 x, SiLU, W2; SwiGLU adds W3 x and the gated product) - then the final RMSNorm, the logits and
-    the cross-entropy's softmax over them."""
+    the weighted sum, the output projection, and the feed-forward's intermediate values (SiLU or
+    ReLU² FFN: W1 x, the activation, W2; SwiGLU adds W3 x and the gated product) - then the final
+    RMSNorm, the logits and the cross-entropy's softmax over them. The switches add their outputs:
+    QK-norm the normalised Q and K, the value residual the mixed V (after the first layer), the
+    soft-cap the capped logits."""
     t = context_length or config.context_length
-    bt, d, f, h = batch_size * t, config.d_model, config.d_ff, config.num_heads
-    norms = 0 if config.norm == "none" else 2 * bt * d
+    bt, d, f, h, layers = batch_size * t, config.d_model, config.d_ff, config.num_heads, config.num_layers
+    norms = (0 if config.norm == "none" else 2 * bt * d) + (2 * bt * d if config.qk_norm else 0)
     attention = 3 * bt * d + 2 * batch_size * h * t * t + bt * d + bt * d
     ffn = (4 if config.ffn == "swiglu" else 2) * bt * f + bt * d
+    mixed_values = (layers - 1) * bt * d if config.value_residual else 0
+    logits = bt * config.vocab_size * (2 if config.logit_softcap is not None else 1)
     return {
-        "blocks": config.num_layers * (norms + attention + ffn),
+        "blocks": layers * (norms + attention + ffn) + mixed_values,
         "final RMSNorm": bt * d if config.norm == "pre" else 0,
-        "logits": bt * config.vocab_size,
+        "logits": logits,
         "cross-entropy softmax": bt * config.vocab_size,
     }
 

@@ -132,6 +132,19 @@ def causal_attention(
     return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[-2], k.shape[-2], q.device))
 
 
+def mix_values(
+    value_lambda: Float[Tensor, ""], v: Float[Tensor, "*batch heads seq d_k"], first_values: Float[Tensor, "*batch heads seq d_k"]
+) -> Float[Tensor, "*batch heads seq d_k"]:
+    """Value residual: v = lam v + (1 - lam) v1, v1 the first layer's values at the same positions.
+
+    From Zhou et al., "Value Residual Learning For Alleviating Attention Concentration In
+    Transformers" (arXiv:2410.17897), as the modded-nanogpt speedrun records (github.com/
+    KellerJordan/modded-nanogpt, November 2024, `self.lamb`, credited to @Grad62304977) use it:
+    one learned scalar per layer, initialised to 0.5. The records write (1 - lam) v + lam v1;
+    here lam weighs the layer's own values, which at the shared 0.5 init is the same model."""
+    return value_lambda * v + (1 - value_lambda) * first_values
+
+
 def multihead_self_attention_step(
     params: dict,
     x: Float[Tensor, "*batch seq d_model"],
@@ -140,12 +153,18 @@ def multihead_self_attention_step(
     rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]] | None = None,
     past: KV | None = None,
     attend: Callable[[Tensor, Tensor, Tensor], Tensor] = causal_attention,
+    qk_norm: Callable[[Tensor, Tensor], Tensor] | None = None,
+    first_values: Float[Tensor, "*batch heads seq d_k"] | None = None,
 ) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
     """Self-attention of new positions over `past` keys/values plus their own (a KV cache).
 
     `rotation` is rope_rotation() of the new positions (None: no position information); `attend`
     is the causal attention of the heads (causal_attention, or fused_causal_attention on torch's
-    kernel). Returns the output and the keys/values extended by the new positions.
+    kernel). `qk_norm(gain, t)`, when given, is the RMSNorm applied to each head's queries and keys
+    with gains params["q_norm"] and params["k_norm"]; `first_values`, when given, are mixed into
+    the values with params["value_lambda"] (mix_values). Returns the output and the keys/values
+    extended by the new positions; the values are cached mixed, so a decode step needs no v1 of
+    the past.
 
     Three projections, not one matmul of torch.cat((wq, wk, wv)): the cat measured no faster
     (forward+backward, eager, 2 threads, median of 8: handout shape batch 4 741.5 ms separate vs
@@ -153,6 +172,10 @@ def multihead_self_attention_step(
     q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
     k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
     v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
+    if qk_norm is not None:  # before RoPE, as in the records: a per-dimension gain does not commute with it
+        q, k = qk_norm(params["q_norm"]["weight"], q), qk_norm(params["k_norm"]["weight"], k)
+    if first_values is not None:
+        v = mix_values(params["value_lambda"], v, first_values)
     if rotation is not None:
         per_head = tuple(t.unsqueeze(-3) for t in rotation)  # broadcast over the heads axis
         q, k = rotate_pairs(q, per_head), rotate_pairs(k, per_head)

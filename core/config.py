@@ -1,11 +1,12 @@
 """The model's hyper-parameters: one frozen, validated dataclass."""
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
-FFNS = ("swiglu", "silu")
+FFNS = ("swiglu", "silu", "relu2")
 # "torch": torch's fused ops (F.scaled_dot_product_attention, F.rms_norm, F.cross_entropy);
 # "reference": the handout's math written out, the oracle the fused path is tested against.
 KERNELS = ("torch", "reference")
@@ -13,8 +14,9 @@ KERNELS = ("torch", "reference")
 
 def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
     """The feed-forward width the handout uses: about 8/3 d_model rounded to a multiple of 64 for
-    SwiGLU (1344 for d_model 512), which matches the 4 d_model of a plain SiLU FFN in parameters."""
-    if ffn == "silu":
+    SwiGLU (1344 for d_model 512), which matches the 4 d_model of a two-matrix FFN (SiLU or ReLU²)
+    in parameters."""
+    if ffn in ("silu", "relu2"):
         return 4 * d_model
     return max(64, round(8 * d_model / 3 / 64) * 64)
 
@@ -31,10 +33,16 @@ class ModelConfig:
     # Plain str rather than Literal so that a bad value reaches __post_init__'s message.
     norm: str = "pre"  # one of NORMS: RMSNorm before each sublayer, after the residual, or none
     position: str = "rope"  # one of POSITIONS: rotary embeddings, or none (NoPE)
-    ffn: str = "swiglu"  # one of FFNS: gated SwiGLU, or the plain w2 silu(w1 x)
+    ffn: str = "swiglu"  # one of FFNS: gated SwiGLU, the plain w2 silu(w1 x), or w2 relu(w1 x)^2
     tie_embeddings: bool = False
     rmsnorm_eps: float = 1e-5
     kernels: str = "torch"  # one of KERNELS: the same function either way, to fp32 rounding
+    # The switches of the 2024-25 speedrun records, each off by default (old config dicts without
+    # them load as the model they described).
+    qk_norm: bool = False  # RMSNorm (learned gain over head_dim) on each head's queries and keys, before RoPE
+    logit_softcap: float | None = None  # c: logits = c tanh(logits / c), in training and sampling
+    zero_init_out_proj: bool = False  # attention output and FFN down projections start at zero
+    value_residual: bool = False  # later layers mix the first layer's values in: v = lam v + (1 - lam) v1
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -60,8 +68,18 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"ModelConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+        for name in ("tie_embeddings", "qk_norm", "zero_init_out_proj", "value_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        self._check_softcap()
+
+    def _check_softcap(self) -> None:
+        cap = self.logit_softcap
+        if cap is None:
+            return
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (cap > 0 and math.isfinite(cap)):
+            raise ValueError(f"ModelConfig.logit_softcap must be a positive finite number or None, got {cap!r}")
+        object.__setattr__(self, "logit_softcap", float(cap))  # 30 and 30.0 are one config
 
     @property
     def head_dim(self) -> int:

@@ -55,6 +55,25 @@ def silu_ffn(
     return linear(w2, activation(linear(w1, x)))
 
 
+def relu_squared(x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+    return torch.relu(x).square()
+
+
+def relu2_ffn(
+    w1: Float[Tensor, "d_ff d_model"], w2: Float[Tensor, "d_model d_ff"], x: Float[Tensor, "*batch d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    """The ReLU² feed-forward of the speedrun records (So et al., Primer, 2021): w2 relu(w1 x)^2.
+    One kernel serves both paths: torch has no fused op for it to dispatch to."""
+    return linear(w2, relu_squared(linear(w1, x)))
+
+
+def softcap(logits: Float[Tensor, "*shape"], cap: float) -> Float[Tensor, "*shape"]:
+    """cap tanh(logits / cap): about the identity for |logits| << cap, and never beyond +-cap,
+    which keeps the loss from rewarding ever larger logits (as in Gemma 2 and the modded-nanogpt
+    speedrun records)."""
+    return cap * torch.tanh(logits / cap)
+
+
 def softmax(x: Float[Tensor, "*shape"], dim: int = -1) -> Float[Tensor, "*shape"]:
     # Subtracting the max keeps exp() from overflowing; the result is unchanged mathematically.
     exp = torch.exp(x - x.amax(dim=dim, keepdim=True))

@@ -2,10 +2,12 @@
 
 The pytree mirrors the reference state dict (see params/init.py): flattening it gives names such
 as `layers.0.attn.q_proj.weight`. Ablations (norm placement, no positions, SiLU FFN, tied
-embeddings) are switches of the same forward, set in ModelConfig."""
+embeddings) and the speedrun records' switches (QK-norm, ReLU² FFN, logit soft-cap, value
+residual) are switches of the same forward, set in ModelConfig."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from torch import Tensor
 
 from core.attention import KV, Rotation, causal_attention, fused_causal_attention, multihead_self_attention_step, rope_rotation
 from core.config import ModelConfig
-from core.layers import embedding, fused_rmsnorm, linear, rmsnorm, silu, silu_ffn, swiglu
+from core.layers import embedding, fused_rmsnorm, linear, relu2_ffn, rmsnorm, silu, silu_ffn, softcap, swiglu
 from core.loss import cross_entropy, fused_cross_entropy
 
 
@@ -43,6 +45,8 @@ def feed_forward(params: dict, x: Float[Tensor, "*batch d_model"], config: Model
     activation = KERNELS[config.kernels].silu
     if config.ffn == "swiglu":
         return swiglu(params["w1"]["weight"], params["w2"]["weight"], params["w3"]["weight"], x, activation)
+    if config.ffn == "relu2":
+        return relu2_ffn(params["w1"]["weight"], params["w2"]["weight"], x)
     return silu_ffn(params["w1"]["weight"], params["w2"]["weight"], x, activation)
 
 
@@ -54,16 +58,30 @@ def rotation_for(config: ModelConfig, start: int, seq: int, device: torch.device
     return rope_rotation(config.head_dim, config.rope_theta, config.context_length, positions)
 
 
-def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None) -> tuple[Tensor, KV]:
-    attn, ffn = params["attn"], params["ffn"]
-    attend = KERNELS[config.kernels].attention
+def _attention(
+    params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None, first_values: Tensor | None
+) -> tuple[Tensor, KV]:
+    kernels = KERNELS[config.kernels]
+    qk_norm = partial(kernels.rmsnorm, eps=config.rmsnorm_eps) if config.qk_norm else None
+    return multihead_self_attention_step(
+        params, x, config.num_heads, rotation=rotation, past=past, attend=kernels.attention, qk_norm=qk_norm,
+        first_values=first_values,
+    )
+
+
+def _block(
+    params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None, first_values: Tensor | None
+) -> tuple[Tensor, KV]:
+    ffn = params["ffn"]
+
+    def attend(h: Tensor) -> tuple[Tensor, KV]:
+        return _attention(params["attn"], h, config, rotation, past, first_values)
+
     if config.norm == "pre":
-        attended, kv = multihead_self_attention_step(
-            attn, _norm(params["ln1"], x, config), config.num_heads, rotation=rotation, past=past, attend=attend
-        )
+        attended, kv = attend(_norm(params["ln1"], x, config))
         h = x + attended
         return h + feed_forward(ffn, _norm(params["ln2"], h, config), config), kv
-    attended, kv = multihead_self_attention_step(attn, x, config.num_heads, rotation=rotation, past=past, attend=attend)
+    attended, kv = attend(x)
     if config.norm == "post":
         h = _norm(params["ln1"], x + attended, config)
         return _norm(params["ln2"], h + feed_forward(ffn, h, config), config), kv
@@ -72,13 +90,32 @@ def _block(params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | No
 
 
 def transformer_block(
-    params: dict, x: Float[Tensor, "*batch seq d_model"], config: ModelConfig
+    params: dict,
+    x: Float[Tensor, "*batch seq d_model"],
+    config: ModelConfig,
+    first_values: Float[Tensor, "*batch heads seq d_k"] | None = None,
 ) -> Float[Tensor, "*batch seq d_model"]:
     """One block over positions 0 .. seq-1: causal self-attention then feed-forward, each with a
     residual connection and RMSNorm placed as config.norm says (pre: x + f(norm(x));
-    post: norm(x + f(x)); none: x + f(x))."""
-    out, _ = _block(params, x, config, rotation_for(config, 0, x.shape[-2], x.device), None)
+    post: norm(x + f(x)); none: x + f(x)). With config.value_residual, a block after the first
+    takes the first layer's values as `first_values`."""
+    out, _ = _block(params, x, config, rotation_for(config, 0, x.shape[-2], x.device), None, first_values)
     return out
+
+
+def _layers(
+    params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, pasts: Sequence[KV | None]
+) -> tuple[Tensor, tuple[KV, ...]]:
+    """Every block in turn; returns the last hidden state and each layer's keys/values."""
+    first_values = None
+    kvs = []
+    for i, (layer, past) in enumerate(zip(params["layers"], pasts, strict=True)):
+        x, kv = _block(layer, x, config, rotation, past, first_values)
+        if i == 0 and config.value_residual:
+            # Layer 0 mixes nothing in; its values of the new positions are the v1 of the rest.
+            first_values = kv[1][..., -x.shape[-2] :, :]
+        kvs.append(kv)
+    return x, tuple(kvs)
 
 
 def _check_length(tokens: Tensor, config: ModelConfig, past_len: int = 0) -> None:
@@ -93,7 +130,9 @@ def _logits(params: dict, x: Tensor, config: ModelConfig) -> Tensor:
     if config.norm == "pre":
         x = _norm(params["ln_final"], x, config)
     head = params["token_embeddings"] if config.tie_embeddings else params["lm_head"]
-    return linear(head["weight"], x)
+    logits = linear(head["weight"], x)
+    # Here rather than in the loss, so that training, evaluation and sampling see the same model.
+    return logits if config.logit_softcap is None else softcap(logits, config.logit_softcap)
 
 
 def forward(
@@ -103,8 +142,7 @@ def forward(
     _check_length(tokens, config)
     x = embedding(params["token_embeddings"]["weight"], tokens)
     rotation = rotation_for(config, 0, tokens.shape[-1], tokens.device)
-    for layer in params["layers"]:
-        x, _ = _block(layer, x, config, rotation, None)
+    x, _ = _layers(params, x, config, rotation, [None] * config.num_layers)
     return _logits(params, x, config)
 
 
@@ -135,8 +173,5 @@ def forward_cached(
     _check_length(tokens, config, cache.length)
     x = embedding(params["token_embeddings"]["weight"], tokens)
     rotation = rotation_for(config, cache.length, tokens.shape[-1], tokens.device)
-    new_layers = []
-    for layer, past in zip(params["layers"], cache.layers, strict=True):
-        x, kv = _block(layer, x, config, rotation, past)
-        new_layers.append(kv)
-    return _logits(params, x, config), KVCache(layers=tuple(new_layers))
+    x, kvs = _layers(params, x, config, rotation, cache.layers)
+    return _logits(params, x, config), KVCache(layers=kvs)

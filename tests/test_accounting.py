@@ -17,7 +17,7 @@ from core.config import ModelConfig
 from core.model import forward
 from core.tree import tree_leaves
 from params.init import count_params, init_params
-from pipelines.experiments.accounting import default_report, gpt2, main
+from pipelines.experiments.accounting import default_report, gpt2, main, params_table
 
 SMALL = dict(vocab_size=97, context_length=24, d_model=32, num_layers=2, num_heads=4)
 VARIANTS = [
@@ -28,6 +28,11 @@ VARIANTS = [
     {"ffn": "silu"},
     {"tie_embeddings": True},
     {"d_ff": 48, "num_layers": 3},
+    {"qk_norm": True},
+    {"ffn": "relu2"},
+    {"value_residual": True},
+    {"zero_init_out_proj": True, "logit_softcap": 30.0},
+    {"qk_norm": True, "ffn": "relu2", "value_residual": True, "tie_embeddings": True, "norm": "none", "num_layers": 3},
 ]
 
 
@@ -39,7 +44,12 @@ def test_parameter_count_matches_the_built_pytree(changes):
     assert sum(params_by_component(config).values()) == built == count_params(config)
 
 
-@pytest.mark.parametrize("changes", [{}, {"ffn": "silu"}, {"position": "none", "norm": "post"}], ids=["swiglu", "silu", "nope-post"])
+SWITCHED = {"qk_norm": True, "ffn": "relu2", "logit_softcap": 30.0, "value_residual": True}
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"ffn": "silu"}, {"position": "none", "norm": "post"}, SWITCHED], ids=["swiglu", "silu", "nope-post", "switches"]
+)
 def test_forward_flops_match_torch_flop_counter(changes):
     # The reference kernels: FlopCounterMode counts nothing for the CPU's fused attention kernel
     # (F.scaled_dot_product_attention), which would drop the 4 T^2 d of scores and weighted sum.
@@ -51,6 +61,13 @@ def test_forward_flops_match_torch_flop_counter(changes):
         forward(params, tokens, config)
     measured = counter.get_total_flops()
     assert measured == pytest.approx(batch * forward_flops(config), rel=0.01)
+
+
+def test_params_table_shows_the_value_residual_column_for_every_config():
+    plain, mixed = ModelConfig(**SMALL), ModelConfig(**SMALL, value_residual=True)
+    header, _, plain_row, mixed_row = params_table({"plain": plain, "mixed": mixed}).splitlines()
+    assert header.endswith("| value residual (lambda) |")
+    assert plain_row.endswith("| 0 |") and mixed_row.endswith(f"| {SMALL['num_layers'] - 1} |")
 
 
 def test_gpt2_xl_matches_the_hand_computation():

@@ -24,6 +24,11 @@ ABLATIONS = [
     {"position": "none"},
     {"ffn": "silu"},
     {"tie_embeddings": True},
+    {"qk_norm": True},
+    {"ffn": "relu2"},
+    {"logit_softcap": 2.0},
+    {"zero_init_out_proj": True},
+    {"value_residual": True},
 ]
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -62,7 +67,11 @@ def test_fast_path_matches_reference_logits_and_gradients(overrides):
         torch.testing.assert_close(fast_grad, reference_grad, **TOL)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"position": "none"}, {"norm": "post"}], ids=["rope", "nope", "post"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"position": "none"}, {"norm": "post"}, {"qk_norm": True, "value_residual": True, "logit_softcap": 2.0}],
+    ids=["rope", "nope", "post", "qk-norm,value-residual,softcap"],
+)
 def test_fast_cached_decoding_matches_full_forward(overrides):
     """A 4-token prefix (queries == keys), a 3-token chunk over the cache (1 < queries < keys: the
     mask must be aligned bottom-right) and single tokens (no mask) give the full pass's logits."""

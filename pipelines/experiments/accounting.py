@@ -61,12 +61,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def params_table(configs: dict[str, ModelConfig]) -> str:
-    components = list(params_by_component(next(iter(configs.values()))))
+    # Every config's components in order of appearance: the value residual's exists only when on.
+    components = list(dict.fromkeys(c for config in configs.values() for c in params_by_component(config)))
     rows = []
     for name, config in configs.items():
         parts = params_by_component(config)
         total = sum(parts.values())
-        rows.append([name, f"{total:,}", human(4 * total, "B")] + [f"{parts[c]:,}" for c in components])
+        rows.append([name, f"{total:,}", human(4 * total, "B")] + [f"{parts.get(c, 0):,}" for c in components])
     return table(["model", "parameters", "fp32 bytes"] + components, rows)
 
 
