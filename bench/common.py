@@ -14,7 +14,7 @@ from core.config import ModelConfig
 from core.optim import Schedule, adamw, chain, clip_by_global_norm
 from core.train_state import init_train_state
 from core.train_step import make_train_step
-from core.tree import Tree
+from core.tree import Tree, tree_map
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, context: int, d_model: int, heads: int, vocab: int, layers: int = 4) -> None:
@@ -75,6 +75,32 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
 
 
+def peak_memory_rise(fn: Callable[[], object], device: torch.device, calls: int = 3) -> int:
+    """Bytes by which peak memory rises above the current level while `fn` runs `calls` times:
+    torch's allocator peak on CUDA; on Linux CPUs the peak resident set (VmHWM), whose mark is
+    reset first by writing 5 to /proc/self/clear_refs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(calls):
+        fn()
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
 # Model shapes of the training benchmarks: ModelConfig fields and the batch size.
 SHAPES: dict[str, tuple[dict, int]] = {
     "cpu-small": ({"vocab_size": 2048, "context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4}, 8),
@@ -87,12 +113,13 @@ StepFn = Callable[[], torch.Tensor]
 
 
 def pure_step_fn(config: ModelConfig, initial: Tree, schedule: Schedule, batch: tuple[torch.Tensor, torch.Tensor], **step_options) -> StepFn:
-    """One call, one step of our pure train step (options: grad_mode, compile, autocast) from
-    `initial`, with weight decay on every leaf as the peer's single parameter group; returns the loss.
-    The step takes `batch` unless given another."""
+    """One call, one step of our pure train step (options: grad_mode, compile, autocast, donate;
+    donating, as the trainer does, by default) from a copy of `initial`, with weight decay on every
+    leaf as the peer's single parameter group; returns the loss. The step takes `batch` unless
+    given another."""
     optimizer = chain(clip_by_global_norm(MAX_NORM), adamw(schedule, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY))
-    train_step = make_train_step(config, optimizer, **step_options)
-    holder = {"state": init_train_state(initial, optimizer, rng=0)}
+    train_step = make_train_step(config, optimizer, **{"donate": True, **step_options})
+    holder = {"state": init_train_state(tree_map(torch.clone, initial), optimizer, rng=0)}
 
     def step(next_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         holder["state"], metrics = train_step(holder["state"], next_batch or batch)

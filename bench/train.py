@@ -8,7 +8,9 @@ F.cross_entropy), stepped by clip_grad_norm_(foreach=True) and torch.optim.AdamW
 Prints tokens/s, the speed ratio against the peer (eager against eager, compiled against
 compiled; above 1.0: the pure step is faster) and the fraction of the machine's fp32 matmul peak
 (a 2048^3 matmul timed in the same run) each variant reaches: FLOPs per step from
-core/accounting.py over seconds over peak.
+core/accounting.py over seconds over peak. Then the peak memory of each eager variant, each in a
+fresh process: how far the peak resident set rises while it builds its model copy and optimizer
+and takes three steps (bench/common.py's peak_memory_rise), against the peer's.
 
     just bench train                       # cpu-small shape, about a minute on two cores
     just bench train --shape baseline --repeats 3
@@ -16,10 +18,13 @@ core/accounting.py over seconds over peak.
 """
 
 import argparse
+import subprocess
+import sys
+from collections.abc import Callable
 
 import torch
 
-from bench.common import SHAPES, peer_step_fn, print_speed_table, pure_step_fn, time_interleaved
+from bench.common import SHAPES, peak_memory_rise, peer_step_fn, print_speed_table, print_table, pure_step_fn, time_interleaved
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
@@ -29,19 +34,43 @@ from params.init import init_params
 EAGER_PEER, COMPILED_PEER = "peer: nn.Module + torch.optim.AdamW, eager", "peer: nn.Module + torch.optim.AdamW, compiled"
 
 
-def variants(config: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor], compile: bool) -> dict:
+def variants(config: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor], compile: bool) -> dict[str, Callable]:
+    """name -> a function that builds that variant's step function."""
     initial = init_params(config, torch.Generator().manual_seed(0))
     schedule = warmup_cosine(1e-3, 1e-4, 10, 1000)
-    fns = {
-        EAGER_PEER: peer_step_fn(config, initial, schedule, batch),
-        "pure step, eager (autograd.grad)": pure_step_fn(config, initial, schedule, batch, grad_mode="autograd"),
-        "pure step, eager (torch.func)": pure_step_fn(config, initial, schedule, batch, grad_mode="func"),
+    makers = {
+        EAGER_PEER: lambda: peer_step_fn(config, initial, schedule, batch),
+        "pure step, eager (autograd.grad)": lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="autograd"),
+        "pure step, eager (torch.func)": lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="func"),
     }
     if compile:
-        fns[COMPILED_PEER] = peer_step_fn(config, initial, schedule, batch, compile=True)
-        fns["pure step, compiled (autograd.grad)"] = pure_step_fn(config, initial, schedule, batch, grad_mode="autograd", compile=True)
-        fns["pure step, compiled (torch.func)"] = pure_step_fn(config, initial, schedule, batch, grad_mode="func", compile=True)
-    return fns
+        makers[COMPILED_PEER] = lambda: peer_step_fn(config, initial, schedule, batch, compile=True)
+        makers["pure step, compiled (autograd.grad)"] = lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="autograd", compile=True)
+        makers["pure step, compiled (torch.func)"] = lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="func", compile=True)
+    return makers
+
+
+def memory_of(maker: Callable) -> int:
+    """Peak memory rise of building a variant and taking three steps with it."""
+
+    def build_and_step() -> None:
+        step = maker()
+        for _ in range(3):
+            step()
+
+    return peak_memory_rise(build_and_step, torch.device("cpu"), calls=1)
+
+
+def print_memory_table(args: argparse.Namespace, names: list[str]) -> None:
+    """Runs this script once per variant with --memory-of, each in a fresh process."""
+    rises = {}
+    for name in names:
+        command = [sys.executable, "-m", "bench.train", "--shape", args.shape, "--memory-of", name]
+        command += ["--batch", str(args.batch)] if args.batch else []
+        rises[name] = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
+    rows = [(name, f"{rise / 2**20:.1f}", f"{rise / rises[EAGER_PEER]:.2f}") for name, rise in rises.items()]
+    print("\npeak memory of building the variant and three steps, one fresh process each (peak RSS rise)\n")
+    print_table(rows, ("variant", "MiB", "vs peer"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,13 +79,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, help="default: the shape's (cpu-small 8, baseline 4)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory measurement")
+    parser.add_argument("--memory-of", metavar="VARIANT", help=argparse.SUPPRESS)  # one variant's memory, for print_memory_table
     args = parser.parse_args(argv)
 
     fields, default_batch = SHAPES[args.shape]
     config, batch_size = ModelConfig(**fields), args.batch or default_batch
     generator = torch.Generator().manual_seed(1)
     x, y = (torch.randint(0, config.vocab_size, (batch_size, config.context_length), generator=generator) for _ in range(2))
-    fns = variants(config, (x, y), compile=not args.no_compile)
+    makers = variants(config, (x, y), compile=not args.no_compile)
+    if args.memory_of:
+        print(memory_of(makers[args.memory_of]))
+        return
+    fns = {name: make() for name, make in makers.items()}
 
     peak = measured_matmul_flops("cpu", torch.float32, size=2048)
     print(f"shape {args.shape}: {config}\nbatch {batch_size} x context {config.context_length}, torch {torch.__version__}, "
@@ -67,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         times, batch_size * config.context_length, EAGER_PEER, COMPILED_PEER,
         flops_per_step=training_step_flops(config, batch_size), peak_flops=peak, peer_label="peer",
     )
+    if not args.no_memory:
+        print_memory_table(args, [name for name in makers if "eager" in name])
 
 
 if __name__ == "__main__":
