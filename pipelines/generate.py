@@ -1,10 +1,12 @@
 """Sample from a trained run: `python -m pipelines.generate --run DIR --prompt "Once upon a time"`.
 
 Loads the run's latest checkpoint (checkpoints/last.pt, or --checkpoint FILE) and the tokenizer
-the run copied into RUN/tokenizer, checks they belong together, and prints the stories.
+the run copied into RUN/tokenizer, checks they belong together, and prints the stories. Every
+setting and the device are checked first; a bad one is one line, before anything is loaded.
 """
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from core.tokenizer import Tokenizer
 from core.tree import Tree
 from params.load import load_params
 from pipelines.training.checkpoint import read_train_state
-from pipelines.training.device import select_device
+from pipelines.training.device_check import require_device
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
 
@@ -35,19 +37,47 @@ def generate_text(
     checkpoint: str | Path | None = None,
     device: str = "auto",
 ) -> list[str]:
-    """`num_samples` continuations of `prompt` (prompt included), each stopping at <|endoftext|>."""
-    run_dir = Path(run_dir)
+    """`num_samples` continuations of `prompt` (prompt included), each stopping at <|endoftext|>.
+    The settings and the device are checked before anything is loaded."""
+    check_settings(max_tokens, temperature, top_p, seed, num_samples)
+    target = require_device(device)
+    params, config, tokenizer = load_run(Path(run_dir), checkpoint, target)
+    return sample_stories(params, config, tokenizer, prompt, num_samples, max_tokens, temperature, top_p, seed)
+
+
+def check_settings(max_tokens: int, temperature: float, top_p: float, seed: int, num_samples: int) -> None:
+    """ValueError naming the first setting out of its range."""
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens {max_tokens}: must be at least 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature {temperature}: must be a finite number >= 0 (0: greedy)")
+    if not 0 < top_p <= 1:  # also false for nan
+        raise ValueError(f"--top-p {top_p}: must be in (0, 1]")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"--seed {seed}: must be in [0, 2**64)")
+    if num_samples < 1:
+        raise ValueError(f"--num-samples {num_samples}: must be at least 1")
+
+
+def load_run(run_dir: Path, checkpoint: str | Path | None, device: torch.device) -> tuple[Tree, ModelConfig, Tokenizer]:
+    """The parameters (on `device`), model config and tokenizer of a run, checked to belong
+    together and to hold finite weights (a diverged run's cannot sample)."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
     tokenizer_dir = run_dir / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{tokenizer_dir} not found: the run was trained on pre-encoded tokens without a tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
-    saved = read_train_state(checkpoint or checkpoint_path(run_dir))
+    path = checkpoint or checkpoint_path(run_dir)
+    saved = read_train_state(path)
     if saved["tokenizer"] is not None and saved["tokenizer"] != tokenizer.fingerprint():
         raise ValueError(f"{tokenizer_dir} is not the tokenizer the checkpoint was trained with (fingerprints differ)")
+    bad = next((name for name, tensor in saved["params"].items() if not torch.isfinite(tensor).all()), None)
+    if bad is not None:
+        raise ValueError(f"the checkpoint {path} has non-finite parameters (e.g. {bad}); it cannot generate")
     config = ModelConfig.from_dict(saved["model_config"])
-    target = select_device(device)
-    params = load_params({name: tensor.to(target) for name, tensor in saved["params"].items()}, config)
-    return sample_stories(params, config, tokenizer, prompt, num_samples, max_tokens, temperature, top_p, seed)
+    params = load_params({name: tensor.to(device) for name, tensor in saved["params"].items()}, config)
+    return params, config, tokenizer
 
 
 def sample_stories(

@@ -1,4 +1,7 @@
-"""Decoding: temperature and top-p, KV-cache generation against the cache-free path, the CLI."""
+"""Decoding: temperature and top-p, KV-cache generation against the cache-free path, the CLI and
+its refusals (bad settings, a missing device or run, non-finite weights), each in one line."""
+
+import re
 
 import numpy as np
 import pytest
@@ -6,10 +9,17 @@ import torch
 
 from core.config import ModelConfig
 from core.sampling import generate, next_token_probs, top_p_filter
+from core.tokenizer import Tokenizer
+from core.train_state import init_train_state
 from params.init import init_params
 from pipelines.generate import generate_text, main
+from pipelines.tokenizer.store import save_tokenizer
+from pipelines.training.checkpoint import read_train_state, save_train_state
+from pipelines.training.device_check import require_device
 from pipelines.training.loop import train
 from pipelines.training.config import resolve_config
+from pipelines.training.optimizer import make_optimizer
+from pipelines.training.run_dir import checkpoint_path
 
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
 
@@ -109,3 +119,53 @@ def test_sampling_can_be_kept_to_the_ids_a_tokenizer_knows(params):
     assert max(ids) < 7
     unrestricted = generate(params, CONFIG, [1, 2], 200, temperature=2.0, generator=torch.Generator().manual_seed(0))
     assert max(unrestricted) >= 7
+
+
+@pytest.mark.parametrize("args", [
+    ["--temperature", "nan"], ["--temperature", "-0.5"], ["--temperature", "inf"], ["--max-tokens", "-5"],
+    ["--max-tokens", "0"], ["--num-samples", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"],
+    ["--seed", "99999999999999999999"], ["--seed", "-1"],
+])
+def test_a_bad_setting_is_refused_in_one_line_before_anything_is_loaded(tmp_path, args):
+    # The run does not exist: a setting refused first proves nothing was loaded before the check.
+    with pytest.raises(SystemExit, match=rf"^error: {args[0]} \S+: must be [^\n]*$"):
+        main(["--run", str(tmp_path / "missing"), *args])
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"^error: --device cuda: CUDA is not available on this machine$"):
+        main(["--run", str(tmp_path / "missing"), "--device", "cuda"])
+    with pytest.raises(ValueError, match=r"--device tpu: not a device name"):
+        require_device("tpu")
+    with pytest.raises(ValueError, match=r"--device meta: not supported here"):
+        require_device("meta")
+    assert require_device("cpu") == torch.device("cpu")
+
+
+def test_a_missing_run_directory_is_named_as_such(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: run directory .*missing does not exist$"):
+        main(["--run", str(tmp_path / "missing")])
+
+
+def test_a_checkpoint_with_non_finite_weights_cannot_generate(tmp_path):
+    config = resolve_config("tinystories", "cpu-small", {
+        "model.vocab_size": 300, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1,
+        "model.num_heads": 2, "run_dir": str(tmp_path / "run"),
+    })
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+    save_tokenizer(tokenizer, tmp_path / "run" / "tokenizer")
+    state = init_train_state(init_params(config.model, torch.Generator().manual_seed(0)), make_optimizer(config), rng=0)
+    path = checkpoint_path(tmp_path / "run")
+    path.parent.mkdir(parents=True)
+    meta = {"model_config": config.model.to_dict(), "train_config": config.to_dict(), "tokenizer": tokenizer.fingerprint()}
+    save_train_state(path, state, meta)
+    # Spoiled after writing, as by a run that diverged before checkpoints were checked.
+    payload = read_train_state(path)
+    payload["params"]["token_embeddings.weight"][3, 5] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(SystemExit) as refused:
+        main(["--run", str(tmp_path / "run"), "--prompt", "hi"])
+    # One line naming the file and the parameter (generate's own check, or the checkpoint reader's).
+    assert re.fullmatch(r"error: [^\n]*last\.pt[^\n]*(non-finite|NaN)[^\n]*", str(refused.value.code))
+    assert "token_embeddings.weight" in str(refused.value.code)
