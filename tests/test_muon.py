@@ -159,17 +159,20 @@ def test_partition_errors_name_the_problem():
         partition({}, {})
 
 
-def test_muon_labels_send_the_hidden_matrices_to_muon():
-    for tied in (False, True):
-        config = ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=2, num_heads=2, tie_embeddings=tied)
-        params = init_params(config, torch.Generator().manual_seed(0))
-        chosen = muon_names(params)
-        expected = {f"layers.{i}.attn.{p}_proj.weight" for i in range(2) for p in ("q", "k", "v", "output")}
-        expected |= {f"layers.{i}.ffn.w{j}.weight" for i in range(2) for j in (1, 2, 3)}
-        assert chosen == expected
-        adam_names = set(flatten(params)) - chosen
-        assert {"token_embeddings.weight", "ln_final.weight", "layers.0.ln1.weight"} <= adam_names
-        assert ("lm_head.weight" in adam_names) != tied
+@pytest.mark.parametrize("switches", [{}, {"tie_embeddings": True}, {"qk_norm": True, "value_residual": True, "ffn": "relu2"}])
+def test_muon_labels_send_the_hidden_matrices_to_muon(switches):
+    config = ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=2, num_heads=2, **switches)
+    params = init_params(config, torch.Generator().manual_seed(0))
+    w = (1, 2) if switches.get("ffn") == "relu2" else (1, 2, 3)
+    expected = {f"layers.{i}.attn.{p}_proj.weight" for i in range(2) for p in ("q", "k", "v", "output")}
+    expected |= {f"layers.{i}.ffn.w{j}.weight" for i in range(2) for j in w}
+    assert muon_names(params) == expected
+    # the rest: embeddings, the head when untied, gains (QK-norm's too), the value-residual mix
+    adam_names = set(flatten(params)) - expected
+    assert {"token_embeddings.weight", "ln_final.weight", "layers.0.ln1.weight"} <= adam_names
+    assert ("lm_head.weight" in adam_names) != switches.get("tie_embeddings", False)
+    if switches.get("value_residual"):
+        assert {"layers.1.attn.value_lambda", "layers.0.attn.q_norm.weight"} <= adam_names
 
 
 def _muon_and_adamw():
@@ -192,7 +195,7 @@ def test_a_partitioned_optimizer_checkpoints_and_resumes_exactly(tmp_path):
     for step in range(3):
         updates, opt_state = optimizer.update(_grads(state.params, step), state.opt_state, state.params)
         state = state.replace(params=apply_updates(state.params, updates), opt_state=opt_state, step=step + 1)
-    save_train_state(tmp_path / "state.pt", state, {})
+    save_train_state(tmp_path / "state.pt", state, {"model_config": CONFIG.to_dict(), "tokenizer": None})
     loaded = load_train_state(read_train_state(tmp_path / "state.pt"), CONFIG, _muon_and_adamw())
     saved_leaves, loaded_leaves = tree_leaves_by_path(state.opt_state), tree_leaves_by_path(loaded.opt_state)
     assert saved_leaves.keys() == loaded_leaves.keys()
