@@ -56,6 +56,23 @@ def test_bad_specs_are_clear_errors():
         make_variants([], ["schedule.lr=1e-3", "schedule.lr=1e-3"])
 
 
+@pytest.mark.parametrize("spec", [
+    "../../x:schedule.lr=1e-3", "/tmp/abs:schedule.lr=1e-3", "..:schedule.lr=1e-3", ".:schedule.lr=1e-3",
+    "a/b:schedule.lr=1e-3", "-x:schedule.lr=1e-3", "data.path=../elsewhere",
+])
+def test_variant_names_must_be_plain_folder_names(spec):
+    with pytest.raises(ValueError, match=r"is not a plain folder name"):
+        make_variants([], [spec])
+
+
+def test_a_variant_named_outside_the_sweep_is_refused_before_any_run(tmp_path, data_dir, capsys):
+    out = tmp_path / "a" / "b" / "sweep"
+    with pytest.raises(SystemExit):
+        main(["tinystories/cpu-small", "--variant", "../../x:schedule.lr=1e-3", "--set", f"data.path={data_dir}", "--out", str(out)])
+    assert "'../../x' is not a plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # neither the sweep nor a/x, where the run would have gone
+
+
 def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     out = tmp_path / "sweep"
     # lr 1e6 with clipping off drives the weights to inf within a few steps: a divergent run.

@@ -7,6 +7,7 @@ CONFIG is a preset (`DATASET/PRESET`) or a JSON config file (e.g. a run's config
 the dataset's baseline preset as `--config` does for the trainer). The variants are the grid of
 every `--vary NAME=V1,V2,...` (cartesian product), times every `--variant`: assignments joined
 by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`DIR:N=V+N=V`).
+Run-directory names are plain folder names (no '/', not '..'), so every run stays under the sweep directory.
 `--set NAME=VALUE` applies to them all. NAME is a setting's dotted name, as for the trainer
 (`schedule.lr`, `model.norm`, `data.batch_size`; pipelines/training/config.py).
 
@@ -80,12 +81,24 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
         for label, extra in listed or [("", [])]:
             pairs = list(point) + extra
             names = [f"{field}={text}" for field, text in point] + ([label] if label else [f"{f}={t}" for f, t in extra])
-            name = ",".join(names) or "base"
+            name = check_run_name(",".join(names) or "base")
             if name in seen:
                 raise ValueError(f"variant {name!r} is listed twice")
             seen.add(name)
             result.append(Variant(name, parse_overrides(pairs)))
     return result
+
+
+def check_run_name(name: str) -> str:
+    """`name` when it is a plain folder name, so the run stays inside the sweep directory; else
+    ValueError. A name with a '/' would nest the run or, absolute or with '..', put it elsewhere."""
+    separators = {"/", "\0", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in ("", ".", "..") or name.startswith("-") or any(s in name for s in separators):
+        raise ValueError(
+            f"variant name {name!r} is not a plain folder name (no '/', not '.' or '..', no leading '-'); "
+            "name the variant: --variant NAME:FIELD=VALUE"
+        )
+    return name
 
 
 def resolve_variant(base: str, fixed: dict[str, Any], variant: Variant, run_dir: Path) -> TrainConfig:
