@@ -61,20 +61,16 @@ def check_settings(max_tokens: int, temperature: float, top_p: float, seed: int,
 
 def load_run(run_dir: Path, checkpoint: str | Path | None, device: torch.device) -> tuple[Tree, ModelConfig, Tokenizer]:
     """The parameters (on `device`), model config and tokenizer of a run, checked to belong
-    together and to hold finite weights (a diverged run's cannot sample)."""
+    together (read_train_state checks the checkpoint itself: fields, shapes, finite weights)."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     tokenizer_dir = run_dir / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{tokenizer_dir} not found: the run was trained on pre-encoded tokens without a tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
-    path = checkpoint or checkpoint_path(run_dir)
-    saved = read_train_state(path)
+    saved = read_train_state(checkpoint or checkpoint_path(run_dir))
     if saved["tokenizer"] is not None and saved["tokenizer"] != tokenizer.fingerprint():
         raise ValueError(f"{tokenizer_dir} is not the tokenizer the checkpoint was trained with (fingerprints differ)")
-    bad = next((name for name, tensor in saved["params"].items() if not torch.isfinite(tensor).all()), None)
-    if bad is not None:
-        raise ValueError(f"the checkpoint {path} has non-finite parameters (e.g. {bad}); it cannot generate")
     config = ModelConfig.from_dict(saved["model_config"])
     params = load_params({name: tensor.to(device) for name, tensor in saved["params"].items()}, config)
     return params, config, tokenizer

@@ -166,6 +166,6 @@ def test_a_checkpoint_with_non_finite_weights_cannot_generate(tmp_path):
     torch.save(payload, path)
     with pytest.raises(SystemExit) as refused:
         main(["--run", str(tmp_path / "run"), "--prompt", "hi"])
-    # One line naming the file and the parameter (generate's own check, or the checkpoint reader's).
+    # One line naming the file and the parameter, instead of a traceback from the sampler.
     assert re.fullmatch(r"error: [^\n]*last\.pt[^\n]*(non-finite|NaN)[^\n]*", str(refused.value.code))
     assert "token_embeddings.weight" in str(refused.value.code)
