@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.training.run_lock import LOCK_FILE, RunDirBusy, check_run_dir_free, lock_run_dir
+from pipelines.training.run_dir import LOCK_FILE
+from pipelines.training.run_lock import RunDirBusy, check_run_dir_free, lock_run_dir
 
 _HOLD = """
 import sys, time

@@ -23,6 +23,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_seconds(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _is_named_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(key, str) for key in value)
 
@@ -42,7 +51,7 @@ def _is_optimizer_state_dict(value: Any) -> bool:
 TRAINING_FIELDS = (
     ("step", lambda v: _is_int(v) and v >= 0, "a non-negative int"),
     ("rng", lambda v: _is_int(v) and 0 <= v < _MAX_RNG, "an int in [0, 2**32)"),
-    ("elapsed", lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and v >= 0, "a non-negative number of seconds"),
+    ("elapsed", _is_seconds, "a non-negative number of seconds"),
     ("model_config", lambda v: isinstance(v, dict), "a dict (the model config)"),
     ("tokenizer", lambda v: v is None or isinstance(v, str), "a tokenizer fingerprint or null"),
     ("params", _is_tensor_dict, "a dict of tensors by parameter name"),
@@ -89,4 +98,4 @@ def describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     text = repr(value)
-    return text if len(text) <= 60 else f"a {type(value).__name__} ({text[:40]}...)"
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:40]}..."

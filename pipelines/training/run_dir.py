@@ -8,6 +8,9 @@
     RUN/summary.json       status (completed / interrupted / diverged), final losses, throughput
     RUN/sweep_config.json  the config a sweep asked this run for (runs started by a sweep only)
     RUN/plots/loss.png     learning curves, when `just plot RUN` drew them
+    RUN/.lock              held by the run's process while it runs (pipelines/training/run_lock.py)
+
+A file being written is first `.NAME.tmpPID` beside NAME (pipelines/training/atomic.py).
 """
 
 from pathlib import Path
@@ -20,6 +23,7 @@ SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.txt"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 LAST, FINAL = "last.pt", "final.pt"
 
 

@@ -21,12 +21,12 @@ from types import TracebackType
 
 import orjson
 
+from pipelines.training.run_dir import LOCK_FILE
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
-
-LOCK_FILE = ".lock"
 
 
 class RunDirBusy(OSError):
