@@ -43,12 +43,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = parser()
-    args = arguments.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ValueError, OSError) as error:
-        arguments.error(str(error))
+    except (ValueError, OSError) as error:  # one line: argparse's error() would add the long usage
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         run_dir = train(config, resume=args.resume)
     except (OSError, ValueError, ImportError) as error:  # missing data, occupied run dir, bad tokens...

@@ -35,16 +35,20 @@ from core.train_state import TrainState, init_train_state
 from core.train_step import Autocast, Metrics, TrainStep, loss_fn, make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import count_params, init_params
+from pipelines.training.atomic import remove_stale_temporaries, write_atomic
 from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
 from pipelines.training.config import TrainConfig, with_overrides
 from pipelines.training.data import get_batch, step_generator
 from pipelines.training.evaluate import evaluate
-from pipelines.training.device import autocast_for, enable_tf32, select_device
+from pipelines.training.device import autocast_for, enable_tf32
+from pipelines.training.device_check import require_device
+from pipelines.training.fits import check_fits
 from pipelines.training.metrics import MetricsLog, import_wandb, start_wandb
 from pipelines.training.optimizer import make_optimizer, make_schedule
 from pipelines.training.peak import peak_flops
 from pipelines.training.prepare import TrainingData, open_training_data, with_run_tokenizer
-from pipelines.training.run_dir import CONFIG_FILE, FINAL, LAST, SUMMARY_FILE, checkpoint_path
+from pipelines.training.run_dir import CONFIG_FILE, FINAL, LAST, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
+from pipelines.training.run_lock import RunLock, check_run_dir_free, lock_run_dir
 from pipelines.training.samples import write_samples
 from pipelines.training.signals import StopFlag, stop_on_signals
 
@@ -65,6 +69,7 @@ class Run:
     flops_per_step: int  # matmul FLOPs of one step, by core/accounting.py's count
     peak_flops: float  # the device's, for MFU (pipelines/training/peak.py)
     meta: dict  # what every checkpoint records beside the state: configs, tokenizer fingerprint
+    lock: RunLock  # held on run_dir until the run ends
 
     def batch(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of the step after `state`: a function of the run's key and the step only."""
@@ -104,26 +109,51 @@ class Outcome:
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or, with `resume`, continue) the training `config` describes; returns the run directory."""
     run, state = start(config, resume=resume)
-    with stop_on_signals() as stop, contextlib.closing(run.log):
-        outcome = train_loop(run, state, stop)
-    finish(run, outcome)
+    try:
+        with stop_on_signals() as stop, contextlib.closing(run.log):
+            outcome = train_loop(run, state, stop)
+        finish(run, outcome)
+    finally:
+        run.lock.release()
     return run.run_dir
 
 
 def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
-    """Check the run directory, open the data, build the step, and initialise or load the state."""
+    """Check everything that can be checked before any work, then take the run directory (locked
+    for the life of the run), open the data, build the step, and initialise or load the state."""
+    config, device, saved, data, wandb = _check_before_work(config, resume)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        remove_stale_temporaries(run_dir)  # debris of a killed writer; the lock says none is alive
+        write_atomic(run_dir / CONFIG_FILE, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+        return _build_run(config, device, saved, with_run_tokenizer(data, run_dir, config.model.vocab_size), wandb, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_before_work(config: TrainConfig, resume: bool) -> tuple[TrainConfig, torch.device, dict | None, TrainingData, object]:
+    """The config with its run directory, the device, the checkpoint to resume and the data; every
+    refusal (busy or occupied run directory, missing device, a model too big for it, bad data,
+    a tokenizer that does not match) happens here, before anything is written."""
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_overrides(config, {"run_dir": str(run_dir)})
-    device = select_device(config.device)
+    check_run_dir_free(run_dir)
+    device = require_device(config.device)
+    check_fits(config, device)
     saved = _read_checkpoint(run_dir, config) if resume else None
     if not resume and checkpoint_path(run_dir).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run_dir")
     wandb = import_wandb() if config.wandb else None  # a missing package fails here, before any work
+    run_tokenizer = run_dir / TOKENIZER_DIR if resume and (run_dir / TOKENIZER_DIR).is_dir() else None
+    data = open_training_data(config, run_tokenizer, saved["tokenizer"] if saved else None)
+    return config, device, saved, data, wandb
 
-    data = open_training_data(config)  # missing or bad data fails here, before the run dir exists
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    data = with_run_tokenizer(data, run_dir, config.model.vocab_size)
+
+def _build_run(config: TrainConfig, device: torch.device, saved: dict | None, data: TrainingData, wandb, lock: RunLock) -> tuple[Run, TrainState]:
+    run_dir = Path(config.run_dir)
     enable_tf32(device)
     optimizer = make_optimizer(config)
     autocast = autocast_for(device)
@@ -134,7 +164,7 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
         params = init_params(config.model, torch.Generator().manual_seed(config.seed), device=device)
         state = init_train_state(params, optimizer, rng=config.seed)
     else:
-        state = load_train_state(saved, config.model, optimizer, device)
+        state = load_train_state(saved, config.model, optimizer, device, source=checkpoint_path(run_dir))
     wandb_run = start_wandb(wandb, config.wandb_project, run_dir, config.to_dict()) if wandb else None
     peak, source = peak_flops(device, autocast[1] if autocast else torch.float32)
     print(
@@ -143,14 +173,14 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
         f"steps {state.step}..{config.max_steps}",
         file=sys.stderr,
     )
-    log = MetricsLog(run_dir, wandb_run)
-    flops = training_step_flops(config.model, config.data.batch_size)
     meta = {
         "model_config": config.model.to_dict(),
         "train_config": config.to_dict(),
         "tokenizer": data.tokenizer.fingerprint() if data.tokenizer else None,
     }
-    run = Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, log, flops, peak, meta)
+    flops = training_step_flops(config.model, config.data.batch_size)
+    run = Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device,
+              MetricsLog(run_dir, wandb_run), flops, peak, meta, lock)
     return run, state
 
 
@@ -313,7 +343,7 @@ def finish(run: Run, outcome: Outcome) -> dict:
         "parameters": count_params(config.model),
         "message": outcome.message,
     }
-    (run.run_dir / SUMMARY_FILE).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    write_atomic(run.run_dir / SUMMARY_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     print(outcome.message, file=sys.stderr)
     if outcome.status == "completed" and run.data.tokenizer is not None and config.sample.count:
         write_samples(run.run_dir, state.params, config, run.data.tokenizer)

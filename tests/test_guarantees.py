@@ -1,0 +1,111 @@
+"""README's "What is guaranteed", driven through the real command line: a trainer killed with
+SIGKILL at random moments resumes exactly and leaves no debris; one run directory has one writer;
+a bad argument is one line before any work."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from params.tree import flatten
+from pipelines.training.checkpoint import read_train_state
+from pipelines.training.cli import main
+from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from tests.test_train import TINY, token_dir  # noqa: F401  (token_dir: a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def command(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    settings = {**TINY, "log_every": 1, "checkpoint_every": 2, "eval.every": 20}
+    return [
+        sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--data.path", str(data),
+        "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in settings.items()], *extra,
+    ]
+
+
+def params_of(path: Path) -> dict[str, torch.Tensor]:
+    return read_train_state(path)["params"]
+
+
+def test_a_trainer_killed_at_random_moments_resumes_exactly_and_leaves_no_debris(token_dir, tmp_path):
+    steps = ["--max_steps", "200"]
+    reference = tmp_path / "reference"
+    subprocess.run(command(token_dir, reference, *steps), cwd=ROOT, env=ENV, check=True, capture_output=True)
+
+    run_dir, moments = tmp_path / "killed", random.Random(0)
+    for _ in range(4):  # each time: start (or resume), let it train a little, SIGKILL at a random moment
+        resume = ["--resume"] if checkpoint_path(run_dir).exists() else []
+        process = subprocess.Popen(command(token_dir, run_dir, *steps, *resume), cwd=ROOT, env=ENV,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_progress(process, run_dir)
+        time.sleep(moments.uniform(0.0, 1.0))  # ~40 steps/s, a checkpoint every 2 steps
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if checkpoint_path(run_dir).exists():  # whatever moment the kill hit, last.pt loads
+            read_train_state(checkpoint_path(run_dir))
+    finished = subprocess.run(command(token_dir, run_dir, *steps, "--resume"), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+    final, expected = params_of(checkpoint_path(run_dir, "final.pt")), params_of(checkpoint_path(reference, "final.pt"))
+    assert final.keys() == expected.keys() and all(torch.equal(final[name], expected[name]) for name in final)
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # no temporaries of killed saves
+    lines = (run_dir / METRICS_FILE).read_bytes().splitlines()
+    assert all(orjson.loads(line) for line in lines)  # no torn row: every line is whole JSON
+    assert orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"] == "completed"
+
+
+def wait_for_progress(process: subprocess.Popen, run_dir: Path, timeout: float = 120.0) -> None:
+    """Until the trainer has logged a new row (it is past its start-up and training)."""
+    metrics = run_dir / METRICS_FILE
+    size = metrics.stat().st_size if metrics.exists() else 0
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and metrics.stat().st_size > size):
+        assert process.poll() is None, "the trainer ended before it was killed"
+        assert time.monotonic() < deadline, "the trainer made no progress"
+        time.sleep(0.05)
+
+
+def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holder(token_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(command(token_dir, run_dir, "--max_steps", "1000000"), cwd=ROOT, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_progress(first, run_dir)  # the first trainer holds the lock and trains
+        second = subprocess.run(command(token_dir, run_dir, "--max_steps", "10", "--resume"), cwd=ROOT, env=ENV,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert f"in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    rows = [orjson.loads(line) for line in (run_dir / METRICS_FILE).read_bytes().splitlines() if line.strip()]
+    steps = [row["step"] for row in rows if "train_loss" in row]
+    assert steps == sorted(steps)  # only the first trainer wrote
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "cuda"], "CUDA is not available") if not torch.cuda.is_available() else (["--device", "cuda:99"], "CUDA device"),
+        (["--seed", "99999999999999999999"], "seed must lie in"),
+        (["--set=model.context_length=100000", "--set=model.kernels=reference"], "training needs about"),
+        (["--max_steps", "-3"], "max_steps must be positive"),
+        (["--schedule.lr", "nan"], "schedule.lr"),
+    ],
+)
+def test_a_bad_argument_is_one_line_before_any_work(token_dir, tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "run"
+    argv = command(token_dir, run_dir, *flags)[3:]  # the command line after `python -m pipelines.training.cli`
+    assert main(argv) != 0
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1, error
+    assert not run_dir.exists()
