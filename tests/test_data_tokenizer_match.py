@@ -12,6 +12,7 @@ import pytest
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
+from pipelines.training.cli import main
 from pipelines.training.config import TrainConfig, resolve_config
 from pipelines.training.prepare import open_training_data
 
@@ -100,3 +101,19 @@ def test_the_run_tokenizer_must_be_the_one_the_checkpoint_records(setup, tmp_pat
     with pytest.raises(ValueError, match=r"the data's tokenizer .*tok_a .* is not the checkpoint's tokenizer"):
         open_training_data(config_for(setup["encoded"], tmp_path, setup["tok_a"]), None, b)
     open_training_data(config_for(setup["encoded"], tmp_path, setup["tok_a"]), None, a)
+
+
+def test_through_the_command_line_a_mismatch_is_one_line_and_a_resume_keeps_its_tokenizer(setup, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = ["tinystories", "--preset", "cpu-small", "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()]]
+    assert main([*flags, "--max_steps", "2", "--data.path", str(setup["encoded"]), "--data.tokenizer", str(setup["tok_b"])]) == 1
+    error = capsys.readouterr().err
+    assert "tok_b" in error and "tok_a" in error and len(error.strip().splitlines()) == 1
+    assert not run_dir.exists()
+
+    assert main([*flags, "--max_steps", "2", "--data.path", str(setup["encoded"]), "--data.tokenizer", str(setup["tok_a"])]) == 0
+    resumed = [*flags, "--max_steps", "4", "--resume", "--data.path", str(setup["second"])]
+    assert main([*resumed, "--data.tokenizer", str(setup["tok_b"])]) == 1  # the run's tokenizer is A
+    assert "tok_b" in capsys.readouterr().err
+    assert main(resumed) == 0  # the new text, encoded with the run's own tokenizer
+    assert fingerprint(run_dir / "tokenizer") == fingerprint(setup["tok_a"])
