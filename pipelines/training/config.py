@@ -57,17 +57,26 @@ class OptimizerConfig:
             _require(getattr(self, name) > 0, f"optim.{name}", "be positive", getattr(self, name))
 
 
+SCHEDULE_KINDS = ("cosine", "wsd")
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Linear warm-up to `lr`, cosine decay to `final_lr` at `decay_steps`, then constant."""
+    """Linear warm-up to `lr`, then ("cosine") cosine decay to `final_lr` at `decay_steps`, or
+    ("wsd": warm-up, stable, decay) `lr` held until the last `decay_fraction` of the steps between
+    warm-up and `decay_steps`, then a linear decay to `final_lr` there; constant after."""
 
     lr: float = 1e-3
     final_lr: float | None = None  # None: lr / 10, so sweeps over lr keep the ratio
     warmup_steps: int = 100
     decay_steps: int | None = None  # None: at the run's max_steps (the handout's tip)
+    kind: str = "cosine"  # one of SCHEDULE_KINDS
+    decay_fraction: float = 0.2  # wsd only: the share of the post-warm-up steps spent decaying (1: linear from the warm-up on)
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "schedule.lr", "be positive", self.lr)
+        _require(self.kind in SCHEDULE_KINDS, "schedule.kind", f"be one of {SCHEDULE_KINDS}", self.kind)
+        _require(0 <= self.decay_fraction <= 1, "schedule.decay_fraction", "lie in [0, 1]", self.decay_fraction)
         if self.final_lr is not None:
             _require(0 <= self.final_lr <= self.lr, "schedule.final_lr", f"lie in [0, schedule.lr = {self.lr}]", self.final_lr)
         _require(self.warmup_steps >= 0, "schedule.warmup_steps", "be >= 0", self.warmup_steps)
@@ -147,6 +156,13 @@ class TrainConfig:
     @property
     def final_lr(self) -> float:
         return self.schedule.lr / 10 if self.schedule.final_lr is None else self.schedule.final_lr
+
+    @property
+    def decay_start(self) -> int:
+        """Where a "wsd" schedule leaves its constant rate: decay_fraction of the steps between the
+        warm-up and decay_steps before decay_steps."""
+        warmup, end = self.schedule.warmup_steps, self.decay_steps
+        return end - round(self.schedule.decay_fraction * (end - warmup))
 
     @property
     def decay_steps(self) -> int:

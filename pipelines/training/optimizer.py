@@ -3,13 +3,17 @@
 from collections.abc import Callable
 
 from core.optim import GradientTransformation, adamw, chain, clip_by_global_norm, decay_matrices, muon, muon_labels, partition
-from core.schedule import warmup_cosine
+from core.schedule import warmup_cosine, warmup_stable_decay
 from pipelines.training.config import TrainConfig
 
 
 def make_schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Step -> learning rate: warm-up to schedule.lr, cosine decay to the final rate."""
-    return warmup_cosine(config.schedule.lr, config.final_lr, config.schedule.warmup_steps, config.decay_steps)
+    """Step -> learning rate: warm-up to schedule.lr, then cosine decay to the final rate
+    (schedule.kind "cosine") or constant, then linear decay to it ("wsd")."""
+    schedule = config.schedule
+    if schedule.kind == "wsd":
+        return warmup_stable_decay(schedule.lr, config.final_lr, schedule.warmup_steps, config.decay_start, config.decay_steps)
+    return warmup_cosine(schedule.lr, config.final_lr, schedule.warmup_steps, config.decay_steps)
 
 
 def make_optimizer(config: TrainConfig) -> GradientTransformation:
