@@ -6,6 +6,13 @@ its last `<|endoftext|>` so no story is truncated. Each size has its own folder 
 (`full/`, `first64MB/`) and the prefix its own name (`TinyStoriesV2-GPT4-train.first64MB.txt`), so
 a prefix is never taken for the full file nor one size for another, and `find_split` in
 pipelines/training/prepare.py sees exactly one train and one valid text in the folder returned.
+
+OpenWebText (`fetch_owt`, the handout's owt_train.txt and owt_valid.txt) is served gzipped: the
+.gz is downloaded the same resumable way into `gz/` and unpacked into the size folder, then
+removed. A prefix is cut from the first `train_mb` MiB of the *compressed* file (text compresses
+about 3x, so they hold more than `train_mb` MiB of text), unpacked as far as it goes and cut
+after its last `<|endoftext|>` within the first `train_mb` MiB: the same file as cutting the
+unpacked text. `fetch_dataset(name, ...)` picks the fetcher of a dataset by its name.
 """
 
 import fcntl
@@ -15,6 +22,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +31,10 @@ from tqdm import tqdm
 
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"}
+# The handout's OpenWebText sample (the assignment repository's README), each file served as NAME.gz.
+OWT_URL = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main/"
+OWT_FILES = {"train": "owt_train.txt", "valid": "owt_valid.txt"}
+GZ_DIR = "gz"  # under a dataset's folder: the compressed downloads, until unpacked
 DOCUMENT_END = b"<|endoftext|>"
 MB = 1 << 20  # train_mb counts MiB
 CHUNK = 1 << 20
@@ -44,16 +56,14 @@ def tinystories_folder(dest: Path, train_mb: int | None = None) -> Path:
 
 def train_name(train_mb: int | None = None) -> str:
     """The train file's name: the upstream name for the full file, `...-train.first64MB.txt` for a prefix."""
-    full = TINYSTORIES_FILES["train"]
-    return full if train_mb is None else full.replace(".txt", f".first{train_mb}MB.txt")
+    return prefix_name(TINYSTORIES_FILES["train"], train_mb)
 
 
 def fetch_tinystories(dest: Path, train_mb: int | None = None) -> Path:
     """The folder holding TinyStories-V2 valid in full and train in full (`train_mb=None`) or its
     first `train_mb` MiB cut after a story; what is missing is fetched. A complete full copy already
     under `dest` is used without the network. Offline, fails naming the files to put where."""
-    if train_mb is not None and (isinstance(train_mb, bool) or not isinstance(train_mb, int) or train_mb <= 0):
-        raise ValueError(f"train_mb must be a positive whole number of MiB or None, not {train_mb!r}")
+    _check_train_mb(train_mb)
     if train_mb is None and all((dest / name).is_file() for name in TINYSTORIES_FILES.values()):
         return dest  # the layout before per-size folders: both full files straight in `dest`
     folder = tinystories_folder(dest, train_mb)
@@ -75,6 +85,93 @@ def fetch_tinystories(dest: Path, train_mb: int | None = None) -> Path:
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise FileNotFoundError(_offline_message(url, error, dest, train_mb)) from error
     return folder
+
+
+def fetch_owt(dest: Path, train_mb: int | None = None) -> Path:
+    """The folder holding OpenWebText valid in full and train in full (`train_mb=None`) or its
+    first `train_mb` MiB cut after a document, as `fetch_tinystories` does for TinyStories; each
+    file is downloaded gzipped (resumably) and unpacked. Unpacked full files already under `dest`
+    are used without the network. Offline, fails naming the files to put where."""
+    _check_train_mb(train_mb)
+    if train_mb is None and all((dest / name).is_file() for name in OWT_FILES.values()):
+        return dest
+    folder = tinystories_folder(dest, train_mb)
+    wanted = [  # (name here, upstream name, bytes of it wanted)
+        (prefix_name(OWT_FILES["train"], train_mb), OWT_FILES["train"], None if train_mb is None else train_mb * MB),
+        (OWT_FILES["valid"], OWT_FILES["valid"], None),
+    ]
+    for name, source, max_bytes in wanted:
+        target = folder / name
+        if target.exists():
+            continue
+        if (local := _full_copy(dest, source)) is not None:
+            _produce(target, max_bytes, lambda partial: _copy(local, partial, max_bytes))
+            continue
+        url = OWT_URL + source + ".gz"
+        gz_dir = dest / GZ_DIR
+        full_gz = gz_dir / (source + ".gz")
+        # A prefix needs only as many compressed bytes as text bytes, unless the whole .gz is here.
+        gz = full_gz if max_bytes is None or full_gz.exists() else gz_dir / prefix_name(source, train_mb).replace(".txt", ".txt.gz")
+        try:
+            if gz is full_gz:
+                download(url, gz)
+            else:
+                _produce(gz, None, lambda partial: _fetch(url, partial, max_bytes, 30.0))
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            raise FileNotFoundError(_offline_message(url, error, dest, train_mb, OWT_FILES, unpacked=True)) from error
+        _produce(target, max_bytes, lambda partial: _gunzip(gz, partial, max_bytes, whole=max_bytes is None))
+        if gz is not full_gz:
+            gz.unlink(missing_ok=True)  # the compressed prefix served its one purpose
+        elif max_bytes is None:
+            gz.unlink(missing_ok=True)  # unpacked in full: the text is what the trainer reads
+    return folder
+
+
+FETCHERS: dict[str, Callable[[Path, int | None], Path]] = {"tinystories": fetch_tinystories, "owt": fetch_owt}
+
+
+def fetch_dataset(name: str, dest: Path, train_mb: int | None = None) -> Path:
+    """The folder of dataset `name`'s train and valid text under `dest`, fetched when missing."""
+    if name not in FETCHERS:
+        raise ValueError(f"no download known for dataset {name!r} (known: {sorted(FETCHERS)}); pass --data.path DIR")
+    return FETCHERS[name](dest, train_mb)
+
+
+def prefix_name(full: str, train_mb: int | None) -> str:
+    """`full` for the whole file, `NAME.first64MB.txt` for its first 64 MiB."""
+    return full if train_mb is None else full.replace(".txt", f".first{train_mb}MB.txt")
+
+
+def _check_train_mb(train_mb: int | None) -> None:
+    if train_mb is not None and (isinstance(train_mb, bool) or not isinstance(train_mb, int) or train_mb <= 0):
+        raise ValueError(f"train_mb must be a positive whole number of MiB or None, not {train_mb!r}")
+
+
+def _gunzip(source: Path, partial: Path, max_bytes: int | None, whole: bool) -> None:
+    """Unpack the gzip file `source` (several members allowed) into `partial`, at most `max_bytes`
+    bytes of it. With `whole`, a file that ends inside a gzip member is an error (and `source` is
+    removed so that the next call fetches it again); otherwise `source` may be a prefix of one,
+    unpacked as far as it goes."""
+    left = math.inf if max_bytes is None else max_bytes
+    unpacker, inside = zlib.decompressobj(wbits=31), False  # inside: the current member has begun
+    try:
+        with open(source, "rb") as packed, open(partial, "wb") as out:
+            while left > 0 and (chunk := packed.read(CHUNK)):
+                while chunk and left > 0:
+                    text = unpacker.decompress(chunk)
+                    inside = True
+                    text = text[: int(min(left, len(text)))]
+                    out.write(text)
+                    left -= len(text)
+                    chunk = b""
+                    if unpacker.eof:  # a member ends; what follows it starts the next one
+                        chunk, unpacker, inside = unpacker.unused_data, zlib.decompressobj(wbits=31), False
+    except zlib.error as error:
+        source.unlink(missing_ok=True)
+        raise ValueError(f"{source} is not a valid gzip file ({error}); removed, so the next run fetches it again") from None
+    if whole and inside:
+        source.unlink(missing_ok=True)
+        raise ValueError(f"{source} ends inside its gzip stream; removed, so the next run fetches it again")
 
 
 def download(url: str, target: Path, *, max_bytes: int | None = None, timeout: float = 30.0) -> None:
@@ -226,19 +323,22 @@ def _content_range(headers) -> tuple[int | None, int | None, int | None]:
     return first, last, total
 
 
-def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int | None) -> str:
+def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int | None,
+                     files: dict[str, str] = TINYSTORIES_FILES, unpacked: bool = False) -> str:
+    """One line: what failed, and which files (`files`' train and valid) to put where instead."""
     shared = Path("../shared/data")
     hint = f" For a small local sample: --data.path {shared}" if shared.is_dir() else ""
-    full, valid, folder = TINYSTORIES_FILES["train"], TINYSTORIES_FILES["valid"], tinystories_folder(dest, train_mb)
+    full, valid, folder = files["train"], files["valid"], tinystories_folder(dest, train_mb)
+    packed = " (unpacked from their .gz)" if unpacked else ""
     if train_mb is None:
-        files = f"put {full} and {valid} into {folder}/"
+        what = f"put {full} and {valid}{packed} into {folder}/"
     else:
-        files = (
-            f"put {train_name(train_mb)} (the first {train_mb} MiB of {full}, cut after its last "
-            f"{DOCUMENT_END.decode()}) and {valid} into {folder}/, "
+        what = (
+            f"put {prefix_name(full, train_mb)} (the first {train_mb} MiB of {full}, cut after its last "
+            f"{DOCUMENT_END.decode()}) and {valid}{packed} into {folder}/, "
             f"or {full} into {tinystories_folder(dest)}/ to cut it from"
         )
     return (
-        f"could not download {url} ({error}). Without a network, {files}, or pass --data.path DIR with "
+        f"could not download {url} ({error}). Without a network, {what}, or pass --data.path DIR with "
         f"train/valid text files (e.g. train.txt, valid.txt) or encoded .npy.{hint}"
     )

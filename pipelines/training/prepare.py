@@ -5,7 +5,8 @@ A data directory holds either encoded splits (`train.npy` / `valid.npy`, or any 
 `valid.txt`, `tinystories_train.txt`, `TinyStoriesV2-GPT4-valid.txt`, ...). Text is tokenized once
 into the cache ($LMKIT_CACHE, default ./cache): a tokenizer trained on the train split with the
 model's vocabulary size, and the encoded splits, keyed so a changed file or tokenizer is redone.
-Without it, TinyStories-V2 is downloaded into the cache (only the first data.train_mb MB of its training text when set).
+Without it, the dataset (TinyStories-V2, or OpenWebText for `owt`) is downloaded into the cache
+(only the first data.train_mb MB of its training text when set).
 
 A resumed run reads its data with its own tokenizer: text is encoded with the run's copy (never a
 newly trained one), and data tied to another tokenizer is refused (pipelines/training/tokenizer_match.py).
@@ -22,7 +23,7 @@ import numpy as np
 
 from core.tokenizer import Tokenizer
 
-from pipelines.training.download import cache_dir, fetch_tinystories
+from pipelines.training.download import cache_dir, fetch_dataset
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.config import TrainConfig
@@ -83,7 +84,7 @@ def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> Data
     """The token files (and tokenizer) of config.data: found, or made from text and cached. Text is
     encoded with --data.tokenizer, else `run_tokenizer`, else one trained on the train split."""
     data = config.data
-    source = Path(data.path) if data.path else fetch_tinystories(cache_dir() / "data" / config.dataset, data.train_mb)
+    source = Path(data.path) if data.path else fetch_dataset(config.dataset, cache_dir() / "data" / config.dataset, data.train_mb)
     if not source.is_dir():
         raise FileNotFoundError(f"--data.path {source} is not a directory")
     tokenizer = Path(data.tokenizer) if data.tokenizer else None
