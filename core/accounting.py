@@ -125,6 +125,15 @@ def training_step_flops(config: ModelConfig, batch_size: int, context_length: in
     return 3 * batch_size * forward_flops(config, context_length) + adamw_update_flops(config)
 
 
+def newton_schulz_flops(config: ModelConfig, steps: int = 5) -> int:
+    """Matrix-product FLOPs per training step of Muon's orthogonalisation (core/optim/muon.py) of
+    the hidden matrices (attention Q, K, V, O and the feed-forward's): each taken as m x n with
+    m <= n, an iteration costs X X^T (2 m^2 n), A^2 (2 m^3) and (bA + cA^2) X (2 m^2 n)."""
+    d, f = config.d_model, config.d_ff
+    shapes = [(d, d)] * 4 + [(min(d, f), max(d, f))] * (3 if config.ffn == "swiglu" else 2)
+    return config.num_layers * steps * sum(4 * m * m * n + 2 * m**3 for m, n in shapes)
+
+
 def training_seconds(
     config: ModelConfig, steps: int, batch_size: int, peak_flops: float, mfu: float, context_length: int | None = None
 ) -> float:

@@ -2,10 +2,15 @@
 
     python -m pipelines.experiments.accounting                       # the handout's GPT-2 sizes (transformer_accounting, adamwAccounting)
     python -m pipelines.experiments.accounting --preset tinystories/baseline --peak-flops 989e12 --mfu 0.2
+    python -m pipelines.experiments.accounting --preset owt/leaderboard     # its target: 1.5 h on one H100 at 35% MFU
     python -m pipelines.experiments.accounting --model.d_model 256 --model.num_layers 4 --model.num_heads 8 --model.vocab_size 10000 --model.context_length 256
 
 With --preset or any model flag it reports on that one config (steps and batch from the preset
-unless given); otherwise on GPT-2 small/medium/large/XL as the handout defines them (vocabulary
+unless given). A preset with a hardware target (presets.py's TARGETS, e.g. owt/leaderboard: one
+H100, 1.5 hours) is costed on that chip's dense bf16 peak at the target's MFU unless --chip,
+--peak-flops or --mfu say otherwise, and the report ends with the budget: the MFU needed to fit
+in it and whether the assumed one does. A preset name alone (`--preset leaderboard`) is looked
+up in every dataset. Otherwise on GPT-2 small/medium/large/XL as the handout defines them (vocabulary
 50,257, context 1,024, d_ff = 4 d_model, SwiGLU as built here), XL at context 16,384, the largest
 XL batch in 80 GB and the A100 estimate. The formulas are in core/accounting.py.
 """
@@ -14,13 +19,17 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
+import torch
+
 from core.accounting import (
     ADAMW_FLOPS_PER_PARAM,
+    BYTES_PER_FLOAT,
     activation_floats,
     adamw_update_flops,
     forward_flops,
     forward_flops_by_component,
     max_batch_size,
+    newton_schulz_flops,
     params_by_component,
     training_memory,
     training_seconds,
@@ -28,6 +37,8 @@ from core.accounting import (
 )
 from core.config import ModelConfig
 from pipelines.training.config import parse_overrides, resolve_config
+from pipelines.training.peak import datasheet_peak
+from pipelines.training.presets import PRESETS, TARGETS
 
 VOCAB, CONTEXT = 50_257, 1_024
 GPT2 = {  # (num_layers, d_model, num_heads), handout §3.6 problem (transformer_accounting)
@@ -146,11 +157,15 @@ def default_report() -> str:
     return "\n".join(out)
 
 
-def config_report(config: ModelConfig, steps: int, batch_size: int, peak_flops: float, mfu: float) -> str:
+def config_report(
+    config: ModelConfig, steps: int, batch_size: int, peak_flops: float, mfu: float,
+    chip: str | None = None, budget_hours: float | None = None, muon: bool = False,
+) -> str:
     step = training_step_flops(config, batch_size)
     seconds = training_seconds(config, steps, batch_size, peak_flops, mfu)
     tokens = steps * batch_size * config.context_length
-    return "\n".join([
+    on = f"{chip} ({human(peak_flops, 'FLOP/s')} dense bf16 peak)" if chip else f"{human(peak_flops, 'FLOP/s')} peak"
+    lines = [
         f"## {config}",
         "",
         params_table({"model": config}),
@@ -159,10 +174,49 @@ def config_report(config: ModelConfig, steps: int, batch_size: int, peak_flops: 
         "",
         memory_table({"model": config}, batch_size),
         "",
+        *fused_memory_note(config, batch_size),
         f"Training: {steps:,} steps x batch {batch_size:,} x {config.context_length:,} tokens = {tokens:,} tokens; "
-        f"{human(step, 'FLOP')} per step, {human(steps * step, 'FLOP')} in all; at {human(peak_flops, 'FLOP/s')} peak and "
+        f"{human(step, 'FLOP')} per step, {human(steps * step, 'FLOP')} in all; on {on} at "
         f"{mfu:.0%} MFU: {seconds:,.0f} s = {seconds / 3600:.2f} h.",
-    ])
+    ]
+    extra = newton_schulz_flops(config) if muon else 0
+    if muon:
+        lines += ["", f"Muon's Newton-Schulz iterations (5 per hidden matrix and step, not in the count above) add "
+                      f"{human(extra, 'FLOP')} per step ({extra / step:.1%}): {seconds * extra / step / 3600:.2f} h more at the same MFU."]
+    if budget_hours is not None:
+        total_seconds = seconds * (step + extra) / step
+        needed = steps * (step + extra) / (peak_flops * budget_hours * 3600)
+        verdict = "fits" if total_seconds <= budget_hours * 3600 else "does NOT fit"
+        lines += ["", f"Budget: {budget_hours:g} h on one {chip or 'chip'} = {human(peak_flops * budget_hours * 3600, 'FLOP')} at peak. "
+                      f"Finishing within it needs {needed:.1%} MFU or more{' (Newton-Schulz included)' if muon else ''}; "
+                      f"at the assumed {mfu:.0%} the run {verdict} ({total_seconds / 3600:.2f} h of matrix products; "
+                      "compilation, evaluation and checkpoints come on top)."]
+    return "\n".join(lines)
+
+
+def fused_memory_note(config: ModelConfig, batch_size: int) -> list[str]:
+    """The memory without the T x T attention scores and their softmax, which the trainer's fused
+    attention (kernels "torch") never stores: the figure its memory check uses."""
+    if config.kernels != "torch":
+        return []
+    scores = BYTES_PER_FLOAT * config.num_layers * 2 * batch_size * config.num_heads * config.context_length**2
+    total = training_memory(config, batch_size).total - scores
+    return [f"With fused attention (kernels=torch, the trainer's default) the T x T scores and softmax are not stored: "
+            f"{human(total, 'B')} in all at batch {batch_size:,} by the same float32 count.", ""]
+
+
+def find_preset(name: str) -> tuple[str, str]:
+    """(dataset, preset) of "DATASET/PRESET", or of a bare preset name that one dataset alone has."""
+    dataset, sep, preset = name.partition("/")
+    if sep:
+        return dataset, preset or "baseline"
+    owners = [d for d, presets in PRESETS.items() if name in presets]
+    if len(owners) == 1:
+        return owners[0], name
+    if name in PRESETS:  # a dataset alone: its baseline
+        return name, "baseline"
+    raise ValueError(f"--preset {name!r}: name it as DATASET/PRESET, one of "
+                     f"{sorted(f'{d}/{p}' for d, presets in PRESETS.items() for p in presets)}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -175,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument(f"--model.{field.name}", dest=field.name, default=None, metavar="VALUE")
     parser.add_argument("--max_steps", type=int, help="training steps (default: the preset's, or 10,000)")
     parser.add_argument("--data.batch_size", dest="batch_size", type=int, help="sequences per step (default: the preset's, or 1)")
-    parser.add_argument("--peak-flops", type=float, default=A100_FP32, help="chip peak FLOP/s (default: A100 fp32, 19.5e12)")
-    parser.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation (default 0.5)")
+    parser.add_argument("--peak-flops", type=float, help="chip peak FLOP/s (default: --chip's, else A100 fp32, 19.5e12)")
+    parser.add_argument("--chip", help="a GPU by name (H100, A100, ...): its dense bf16 peak (pipelines/training/peak.py)")
+    parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the preset's target, else 0.5)")
+    parser.add_argument("--budget-hours", type=float, help="a time budget to check (default: the preset's target)")
     args = parser.parse_args(argv)
     model_flags = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if getattr(args, f.name) is not None}
     if args.preset is None and not model_flags:
@@ -184,10 +240,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         overrides = parse_overrides([(f"model.{name}", value) for name, value in model_flags.items()])
+        target, muon = None, False
         if args.preset:
-            dataset, _, preset = args.preset.partition("/")
-            train = resolve_config(dataset, preset or "baseline", overrides)
+            dataset, preset = find_preset(args.preset)
+            train = resolve_config(dataset, preset, overrides)
             config, steps, batch = train.model, train.max_steps, train.data.batch_size
+            target, muon = TARGETS.get(f"{dataset}/{preset}"), train.optim.name == "muon"
         else:
             model = {name.removeprefix("model."): value for name, value in overrides.items()}
             required = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads"]
@@ -195,9 +253,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             if missing:
                 raise ValueError(f"without --preset, give {', '.join(missing)} too")
             config, steps, batch = ModelConfig(**model), 10_000, 1
-        print(config_report(config, args.max_steps or steps, args.batch_size or batch, args.peak_flops, args.mfu))
+        chip = args.chip or (target.chip if target and args.peak_flops is None else None)
+        peak = args.peak_flops or (chip_peak(chip) if chip else A100_FP32)
+        mfu = args.mfu or (target.mfu if target else 0.5)
+        budget = args.budget_hours or (target.hours if target else None)
+        print(config_report(config, args.max_steps or steps, args.batch_size or batch, peak, mfu, chip, budget, muon))
     except ValueError as error:
         parser.error(str(error))
+
+
+def chip_peak(chip: str) -> float:
+    """The dense bf16 peak FLOP/s of the GPU `chip` (the trainer's matmuls run in bf16 on CUDA)."""
+    peak = datasheet_peak(chip, torch.bfloat16)
+    if peak is None:
+        raise ValueError(f"--chip {chip!r}: unknown; give --peak-flops instead")
+    return peak
 
 
 if __name__ == "__main__":
