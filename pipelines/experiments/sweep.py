@@ -17,6 +17,10 @@ side with a few threads each. A variant whose summary.json says completed or div
 on the next call, and an interrupted one is resumed: the sweep is resumable. At the end it writes
 summary.json, summary.md and curves.png (loss against steps and wall-clock seconds) to the sweep
 directory.
+
+With `--vmap`, variants that differ only in their seed and optimizer settings (learning rate and
+schedule, betas, eps, weight decay, clipping) train in this process as one stacked model instead,
+into the same run directories (pipelines/experiments/vmap_sweep.py); others run one by one.
 """
 
 import argparse
@@ -35,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from pipelines.experiments.vmap_sweep import train_stacked
 from pipelines.training.metrics import read_metrics
 from pipelines.training.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config import TrainConfig, parse_overrides, resolve_config
@@ -237,16 +242,20 @@ def sweep(
     fixed: dict[str, Any] | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    vmap: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every variant not yet finished under `out` (`jobs` at a time, `threads` torch threads
-    each), then write the summary; returns its rows."""
+    each; with `vmap`, as stacked groups in this process when they stack), then write the
+    summary; returns its rows."""
     out.mkdir(parents=True, exist_ok=True)
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     configs = {v.name: resolve_variant(base, fixed or {}, v, out / v.name) for v in variants}  # all errors up front
     todo = [name for name in configs if run_status(out / name) not in FINISHED]
     for name in configs:
         if name not in todo:
             print(f"{name}: already {run_status(out / name)}, skipped", file=sys.stderr)
+    if vmap and todo and train_stacked({name: configs[name] for name in todo}, threads):
+        todo = []
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
     trainers = Trainers()
 
@@ -280,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<config name>)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained side by side (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads per variant (default: CPUs / jobs)")
+    parser.add_argument("--vmap", action="store_true",
+                        help="train the variants in this process as one stacked model (torch.func.vmap) when only their "
+                             "seed and optimizer settings differ; others run one by one")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the summary of the runs present; train nothing")
     return parser
 
@@ -296,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.summary_only:
             rows = write_summary(out, [v.name for v in variants], title=out.name)
         else:
-            rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads)
+            rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads, vmap=args.vmap)
     except (ValueError, OSError) as error:
         arguments.error(str(error))
     print(markdown_table(rows))
