@@ -32,12 +32,12 @@ def stacked_add_decayed_weights(weight_decay: VariantValues, mask: Mask | None =
         if not chosen:
             return updates, state
         chosen_updates, chosen_params = [leaves[i] for i in chosen], [param_leaves[i] for i in chosen]
-        decay = torch._foreach_mul(chosen_params, per_variant(weight_decay, chosen_params))
+        rates = per_variant(weight_decay, chosen_params)
         if donate:
-            torch._foreach_add_(chosen_updates, decay)
+            torch._foreach_addcmul_(chosen_updates, chosen_params, rates)  # u + param * rate, in place
             return updates, state
         out = list(leaves)  # the leaves outside the mask pass through as they are (never modified)
-        for i, leaf in zip(chosen, torch._foreach_add(chosen_updates, decay), strict=True):
+        for i, leaf in zip(chosen, torch._foreach_addcmul(chosen_updates, chosen_params, rates), strict=True):
             out[i] = leaf
         return tree_unflatten(out, spec), state
 

@@ -28,6 +28,7 @@ from pipelines.training.config import TrainConfig
 from pipelines.training.data import get_batch, step_generator
 from pipelines.training.device import autocast_for, enable_tf32
 from pipelines.training.device_check import require_device
+from pipelines.training.malloc import keep_freed_memory
 from pipelines.training.metrics import MetricsLog
 from pipelines.training.optimizer import make_optimizer
 from pipelines.training.peak import peak_flops
@@ -145,6 +146,8 @@ def _build_group(
     configs: tuple[TrainConfig, ...], device: torch.device, saved: list[dict | None], data: TrainingData, locks: tuple[RunLock, ...]
 ) -> tuple[GroupRun, StackedTrainState]:
     enable_tf32(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # K models' buffers: page faults would cost more than the arithmetic
     model, autocast = configs[0].model, autocast_for(device)
     optimizer = make_stacked_optimizer(configs)
     step = make_stacked_train_step(model, optimizer, autocast=autocast, compile=configs[0].compile)
