@@ -19,7 +19,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
