@@ -10,11 +10,17 @@ By default nothing is mutated, so a caller can keep the previous state around fo
 moments and the parameters are updated in place (core/optim/base.py) and no parameter-sized buffers
 are allocated beyond the gradients and one temporary. To keep a donated state valid, the step first
 checks that the loss and gradient norm are finite and applies nothing when they are not.
+
+Gradient accumulation (`accumulate=K`): the batch's rows are K micro-batches in order; their
+gradients are summed and averaged, so the update equals one step on the whole batch. Data
+parallelism plugs in as a `GradSync` (pipelines/training/grad_sync.py): it averages the summed
+gradients and losses across processes, starting while the last micro-batch's backward still runs
+when the gradients come from autograd (a hook per leaf), after it otherwise.
 """
 
 import contextlib
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -34,6 +40,22 @@ Autocast = tuple[str, torch.dtype] | None
 Batch = tuple[Tensor, Tensor]
 Metrics = dict[str, Tensor | bool]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+GradHook = Callable[[int, Tensor], None]  # (leaf index, that leaf's gradient) during backward
+
+
+@runtime_checkable
+class GradSync(Protocol):
+    """Averages gradient leaves and the loss over data-parallel processes."""
+
+    def start(self, partial: list[Tensor] | None) -> GradHook:
+        """Before the last micro-batch's backward, given the sum of the earlier micro-batches'
+        gradients (None if there were none): the hook to call with each leaf's gradient."""
+        ...
+
+    def finish(self, grads: list[Tensor], loss: Tensor, micro_batches: int) -> tuple[list[Tensor], Tensor]:
+        """This process's gradients and loss summed over its micro-batches -> the means over every
+        process and micro-batch."""
+        ...
 
 
 def loss_fn(
@@ -62,12 +84,16 @@ def make_grad_and_value(
     if compile:
         loss = torch.compile(loss)
 
-    def autograd_grad_and_value(params: Tree, x: Tensor, y: Tensor) -> tuple[Tree, Tensor]:
-        # Fresh leaves that require grad: the caller's tensors are left untouched.
+    def autograd_grad_and_value(params: Tree, x: Tensor, y: Tensor, hook: GradHook | None = None) -> tuple[Tree, Tensor]:
+        # Fresh leaves that require grad: the caller's tensors are left untouched. A leaf the loss
+        # does not use gets zeros, as torch.func gives it.
         leaves, spec = tree_flatten(params)
         leaves = [leaf.detach().requires_grad_() for leaf in leaves]
+        if hook is not None:
+            for index, leaf in enumerate(leaves):
+                leaf.register_hook(lambda grad, index=index: hook(index, grad))
         value = loss(tree_unflatten(leaves, spec), x, y)
-        grads = torch.autograd.grad(value, leaves)
+        grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
         return tree_unflatten(list(grads), spec), value.detach()
 
     return autograd_grad_and_value
@@ -81,6 +107,8 @@ def make_train_step(
     autocast: Autocast = None,
     compile: bool = False,
     donate: bool = False,
+    accumulate: int = 1,
+    sync: GradSync | None = None,
 ) -> TrainStep:
     """The step function of `optimizer` (e.g. chain(clip_by_global_norm(1.0), adamw(schedule)))
     on the model `config`. Its metrics are the loss and the gradient norm before clipping, as
@@ -89,12 +117,12 @@ def make_train_step(
     Without `donate`, the step never reads them (the caller chooses when to sync) and `applied` is
     True. With `donate`, the incoming state is updated in place, so the step reads one flag from
     the device first: a step whose loss or gradient norm is not finite returns the state untouched
-    with `applied` False."""
-    grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
+    with `applied` False. With a `sync`, loss and gradients are the means over all processes, so
+    every process takes the same decision."""
+    grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        x, y = batch
-        grads, loss = grad_and_value(state.params, x, y)
+        grads, loss = grads_and_loss(state.params, batch)
         grad_norm = global_norm(grads)  # before the optimizer: a donated update overwrites grads
         if donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             return state, {"loss": loss, "grad_norm": grad_norm, "applied": False}
@@ -104,6 +132,38 @@ def make_train_step(
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return train_step
+
+
+def make_grads_and_loss(
+    config: ModelConfig, grad_mode: GradMode, autocast: Autocast, compile: bool, accumulate: int = 1, sync: GradSync | None = None
+) -> Callable[[Tree, Batch], tuple[Tree, Tensor]]:
+    """(params, batch) -> (mean gradients, mean loss) over the batch's `accumulate` micro-batches
+    and, with a `sync`, over every process."""
+    if accumulate < 1:
+        raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+    grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
+    hooks = sync is not None and grad_mode == "autograd"  # torch.func never calls tensor hooks
+
+    def grads_and_loss(params: Tree, batch: Batch) -> tuple[Tree, Tensor]:
+        x, y = batch
+        if len(x) % accumulate:
+            raise ValueError(f"a batch of {len(x)} rows does not split into {accumulate} micro-batches")
+        total: list[Tensor] | None = None
+        loss = torch.zeros((), device=x.device)
+        for index, (micro_x, micro_y) in enumerate(zip(x.chunk(accumulate), y.chunk(accumulate), strict=True)):
+            last = index == accumulate - 1
+            hook = {"hook": sync.start(total)} if hooks and last else {}
+            grads, micro_loss = grad_and_value(params, micro_x, micro_y, **hook)
+            leaves, spec = tree_flatten(grads)
+            total = leaves if total is None else torch._foreach_add(total, leaves)
+            loss = loss + micro_loss
+        if sync is not None:
+            total, loss = sync.finish(total, loss, accumulate)
+        elif accumulate > 1:
+            total, loss = torch._foreach_div(total, accumulate), loss / accumulate
+        return tree_unflatten(list(total), spec), loss
+
+    return grads_and_loss
 
 
 def _autocast(autocast: Autocast) -> contextlib.AbstractContextManager:

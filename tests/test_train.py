@@ -22,7 +22,7 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training import download, loop as train_module
+from pipelines.training import download, run as run_module, start as start_module
 from pipelines.training.checkpoint import load_train_state, read_train_state
 from pipelines.training.cli import main
 from pipelines.training.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
@@ -118,7 +118,7 @@ def test_a_run_resumes_on_the_other_kernels(token_dir, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_dir, tmp_path, monkeypatch):
-    original = train_module.make_train_step
+    original = start_module.make_train_step
 
     def failing_from_step_8(*args, **kwargs):
         step_fn = original(*args, **kwargs)
@@ -130,7 +130,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(toke
 
         return step
 
-    monkeypatch.setattr(train_module, "make_train_step", failing_from_step_8)
+    monkeypatch.setattr(start_module, "make_train_step", failing_from_step_8)
     config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 30, "checkpoint_every": 5})
     run_dir = train(config)
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
@@ -161,7 +161,7 @@ def test_a_huge_learning_rate_diverges_and_never_writes_weights_that_overflow(to
 
 
 def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(token_dir, tmp_path, monkeypatch, capsys):
-    original, calls = train_module.save_train_state, []
+    original, calls = run_module.save_train_state, []
 
     def full_disk_on_the_second_save(path, state, meta):
         calls.append(state.step)
@@ -169,7 +169,7 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(token_dir
             raise OSError(28, f"could not write checkpoint {path}: No space left on device")
         original(path, state, meta)
 
-    monkeypatch.setattr(train_module, "save_train_state", full_disk_on_the_second_save)
+    monkeypatch.setattr(run_module, "save_train_state", full_disk_on_the_second_save)
     run_dir = tmp_path / "run"
     argv = ["tinystories", "--preset", "cpu-small", "--run_dir", str(run_dir), "--max_steps", "30", "--checkpoint_every", "5",
             *[f"--set={k}={v}" for k, v in {**TINY, "data.path": str(token_dir)}.items() if k != "checkpoint_every"]]

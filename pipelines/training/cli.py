@@ -6,17 +6,18 @@ preset fits the device: the handout's baseline on CUDA, cpu-small elsewhere.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 
 from pipelines.training.config import TrainConfig, field_types, parse_overrides, resolve_config
 from pipelines.training.device import select_device
-from pipelines.training.loop import train
+from pipelines.training.distributed import launched_by_torchrun
+from pipelines.training.loop import run_training
 from pipelines.training.presets import preset_for_device
-from pipelines.training.run_dir import CONFIG_FILE, SUMMARY_FILE
+from pipelines.training.run_dir import CONFIG_FILE
 
 EXIT_CODES = {"completed": 0, "interrupted": 130, "diverged": 1, "failed": 1}
 
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="baseline (the handout's) or cpu-small; default: the one that fits the device")
     parser.add_argument("--config", help="a JSON config (e.g. a run's config.json) applied over the preset")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run_dir from checkpoints/last.pt")
+    parser.add_argument("--nproc", type=int, help="data-parallel processes on this machine, started by torchrun --standalone")
     group = parser.add_argument_group("config settings (override the preset)")
     for name, annotation in field_types().items():
         if name == "dataset":  # the positional argument
@@ -43,21 +45,43 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if args.nproc is not None and args.nproc < 1:
+        print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
     try:
         config = config_from_args(args)
     except (ValueError, OSError) as error:  # one line: argparse's error() would add the long usage
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.nproc and args.nproc > 1 and not launched_by_torchrun():
+        _run_under_torchrun(args.nproc, argv)  # does not return
     try:
-        run_dir = train(config, resume=args.resume)
+        run_dir, status = run_training(config, resume=args.resume)
     except (OSError, ValueError, ImportError) as error:  # missing data, occupied run dir, bad tokens...
         print(f"error: {error}", file=sys.stderr)
         return 1
-    status = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"]
-    if status == "interrupted":
+    except RuntimeError as error:  # under torchrun: gloo/NCCL report a dead or hanging peer this way
+        if not launched_by_torchrun():
+            raise
+        rank = os.environ["RANK"]
+        print(f"error: process {rank}: another process of this run failed or stopped answering ({str(error).splitlines()[0][:200]})",
+              file=sys.stderr)
+        return 1
+    if status == "interrupted" and int(os.environ.get("RANK", "0")) == 0:
         print(f"resume with: just train --resume --run_dir {run_dir}", file=sys.stderr)
     return EXIT_CODES[status]
+
+
+def _run_under_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process by torchrun starting `nproc` of these trainers on this machine."""
+    rest = [arg for i, arg in enumerate(argv) if not (arg.startswith("--nproc") or (i > 0 and argv[i - 1] == "--nproc"))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "pipelines.training.cli", *rest]
+    print(f"starting {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m pipelines.training.cli ...", file=sys.stderr)
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -141,6 +141,9 @@ class TrainConfig:
     compile: bool = False
     grad_mode: str = "autograd"  # or "func" (torch.func.grad_and_value); see bench/train.py
     seed: int = 0  # initial parameters and the data order
+    grad_accum: int = 1  # micro-batches per step: the global batch is data.batch_size x processes x grad_accum
+    bucket_mb: float = 25.0  # size of the gradient all-reduce buckets when data-parallel
+    timeout_s: float = 300.0  # data-parallel: how long a collective waits for a process that died or hangs
     run_dir: str | None = None  # None: runs/<dataset>-<time>
     wandb: bool = False
     wandb_project: str = "lmkit"
@@ -149,6 +152,9 @@ class TrainConfig:
         for name in ("max_steps", "log_every", "checkpoint_every"):
             _require(getattr(self, name) > 0, name, "be positive", getattr(self, name))
         _require(0 <= self.seed < 2**31, "seed", "lie in [0, 2**31)", self.seed)
+        _require(self.grad_accum >= 1, "grad_accum", "be >= 1", self.grad_accum)
+        _require(self.bucket_mb > 0, "bucket_mb", "be positive", self.bucket_mb)
+        _require(self.timeout_s > 0, "timeout_s", "be positive", self.timeout_s)
         _require(self.grad_mode in GRAD_MODES, "grad_mode", f"be one of {GRAD_MODES}", self.grad_mode)
         _require(self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"), "device", "be auto, cpu, cuda[:N] or mps", self.device)
         _require(self.dataset in PRESETS, "dataset", f"be one of {sorted(PRESETS)}", self.dataset)

@@ -71,6 +71,28 @@ def get_batch(
     return _windows(dataset, starts.numpy(), context_length, device)
 
 
+def rank_batch(
+    dataset: np.ndarray,
+    batch_size: int,
+    context_length: int,
+    device: str | torch.device,
+    generator: torch.Generator,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    micro_batches: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of one step's global batch: `micro_batches` x `world` x `batch_size`
+    window starts are drawn from `generator` at once, and process `rank` takes, for each
+    micro-batch in order, its own `batch_size` rows. The global batch depends only on the generator
+    and its size, so a run is the same at any split into processes and micro-batches (and one
+    process with one micro-batch draws exactly `get_batch`'s windows)."""
+    total = micro_batches * world * batch_size
+    starts = torch.randint(0, _num_starts(len(dataset), context_length), (total,), generator=generator)
+    mine = starts.view(micro_batches, world, batch_size)[:, rank].reshape(-1)
+    return _windows(dataset, mine.numpy(), context_length, device)
+
+
 def step_generator(key: int, step: int) -> torch.Generator:
     """The generator that draws step `step`'s batch, seeded from (key, step): a run's data order
     is a function of its key alone, reproducible and resumable without saving generator state."""

@@ -1,0 +1,169 @@
+"""Data parallelism on torch.distributed (gloo, two processes on the CPU): the bucketed, overlapped
+gradient average equals one process on the whole batch; the start is synchronised; the trainer
+under torchrun matches one process, writes one checkpoint that one process resumes, and a dead
+process stops the others instead of leaving them waiting."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from core.config import ModelConfig
+from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
+from core.train_state import init_train_state
+from core.train_step import make_train_step
+from core.tree import tree_leaves, tree_map
+from params.init import init_params
+from pipelines.training.checkpoint import read_train_state
+from pipelines.training.config import with_overrides
+from pipelines.training.distributed import Processes
+from pipelines.training.grad_sync import BucketedGradSync
+from pipelines.training.loop import train
+from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.start import _first_state
+from tests.test_train import TINY, tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "baseline": ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2),
+    "tied": ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, tie_embeddings=True),
+}
+STEPS, BATCH = 4, 8
+# float64, so that the two sums' different rounding stays far below the tolerance even where Adam
+# divides by a tiny second moment.
+DTYPE = torch.float64
+
+
+def optimizer():
+    return chain(clip_by_global_norm(0.5), adamw(3e-3, weight_decay=0.1, mask=decay_matrices))
+
+
+def batches(config: ModelConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(5)
+    tokens = [torch.randint(0, config.vocab_size, (BATCH, config.context_length + 1), generator=generator) for _ in range(STEPS)]
+    return [(t[:, :-1], t[:, 1:]) for t in tokens]
+
+
+def one_process(config: ModelConfig, accumulate: int = 1) -> list[torch.Tensor]:
+    step = make_train_step(config, optimizer(), donate=True, accumulate=accumulate)
+    state = init_train_state(init_params(config, torch.Generator().manual_seed(0), dtype=DTYPE), optimizer(), rng=0)
+    for batch in batches(config):
+        state, _ = step(state, batch)
+    return tree_leaves(state.params)
+
+
+def _worker(rank: int, world: int, store: str, results: str) -> None:
+    """Each rank: the trainer's synchronised start from a seed of its own; then, for each config
+    and gradient mode, STEPS steps on its half of each batch from the same initial weights.
+    Saves what it ends with, for the test to compare."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        processes = Processes(rank, world)
+        start = _first_state(tiny_config(Path("-"), Path("-"), {"seed": 17 * rank}), torch.device("cpu"), processes, None, optimizer())
+        out = {"start": tree_leaves(start.params), "rng": start.rng}
+        for name, config in CONFIGS.items():
+            for grad_mode in ("autograd", "func"):
+                state = init_train_state(init_params(config, torch.Generator().manual_seed(0), dtype=DTYPE), optimizer(), rng=0)
+                sync = BucketedGradSync(tree_leaves(state.params), bucket_bytes=4096)  # several buckets
+                step = make_train_step(config, optimizer(), grad_mode=grad_mode, donate=True, sync=sync)
+                for x, y in batches(config):
+                    mine = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+                    state, metrics = step(state, (x[mine], y[mine]))
+                out[f"{name}-{grad_mode}"] = tree_leaves(state.params)
+                out[f"{name}-{grad_mode}-loss"] = metrics["loss"]
+        torch.save(out, f"{results}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    directory = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_worker, args=(2, str(directory / "store"), str(directory / "out")), nprocs=2)
+    return [torch.load(directory / f"out.{rank}") for rank in range(2)]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("grad_mode", ["autograd", "func"])
+def test_two_ranks_on_half_batches_equal_one_process_on_the_whole_batch(two_ranks, name, grad_mode):
+    expected = one_process(CONFIGS[name])
+    for result in two_ranks:
+        for ours, theirs in zip(result[f"{name}-{grad_mode}"], expected, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)
+    assert torch.equal(two_ranks[0][f"{name}-{grad_mode}-loss"], two_ranks[1][f"{name}-{grad_mode}-loss"])
+
+
+def test_ranks_started_with_different_seeds_start_identical(two_ranks):
+    first, second = two_ranks
+    assert first["rng"] == second["rng"] == 0  # rank 0's seed
+    assert all(torch.equal(a, b) for a, b in zip(first["start"], second["start"], strict=True))
+
+
+def test_gradient_accumulation_of_k_micro_batches_equals_one_batch():
+    config = CONFIGS["baseline"]
+    for ours, theirs in zip(one_process(config, accumulate=4), one_process(config), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)
+
+
+def torchrun_command(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The trainer on two processes, through the CLI's --nproc (which execs torchrun --standalone)."""
+    return [sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--nproc", "2",
+            "--data.path", str(data), "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
+
+
+def test_a_two_process_run_checkpoints_once_and_one_process_resumes_it_on_the_same_global_batch(token_dir, tmp_path):
+    halves = tmp_path / "two"
+    result = subprocess.run(torchrun_command(token_dir, halves, "--set=data.batch_size=4", "--set=schedule.decay_steps=20", "--max_steps", "10"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert orjson.loads((halves / SUMMARY_FILE).read_bytes())["status"] == "completed"
+    rows = [orjson.loads(line) for line in (halves / METRICS_FILE).read_bytes().splitlines()]
+    assert [row["step"] for row in rows if "train_loss" in row] == [5, 10]  # one writer, one row per boundary
+    assert rows[0]["tokens"] == 5 * 8 * 16  # the global batch: 2 processes x 4 rows
+
+    config = tiny_config(token_dir, halves, {"max_steps": 20, "data.batch_size": 8, "schedule.decay_steps": 20})
+    resumed = read_train_state(checkpoint_path(train(config, resume=True), "final.pt"))["params"]
+    straight = read_train_state(checkpoint_path(train(with_overrides(config, {"run_dir": str(tmp_path / "one")})), "final.pt"))["params"]
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_process_that_dies_stops_the_others_with_a_clear_error(token_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(torchrun_command(token_dir, run_dir, "--max_steps", "1000000", "--log_every", "1"),
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / METRICS_FILE).exists() and (run_dir / METRICS_FILE).stat().st_size):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        os.kill(_worker_pid(rank=1), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)  # not hanging: everything exits
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert "error: process 0: another process of this run failed" in stderr
+    assert "[rank0]: Traceback" not in stderr  # one line from the survivor (torchrun then reports the dead one)
+
+
+def _worker_pid(rank: int) -> int:
+    """The pid of the trainer process torchrun started as `rank` (found by its environment)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID=" in b"\0".join(environ):
+            return int(entry.name)
+    raise AssertionError(f"no trainer process with RANK={rank}")
