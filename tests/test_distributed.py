@@ -28,6 +28,8 @@ from pipelines.training.distributed import Processes
 from pipelines.training.grad_sync import BucketedGradSync
 from pipelines.training.loop import train
 from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.optimizer import make_optimizer
+from pipelines.training.sharding import Sharding
 from pipelines.training.start import _first_state
 from tests.test_train import TINY, tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
 
@@ -79,9 +81,34 @@ def _worker(rank: int, world: int, store: str, results: str) -> None:
                     state, metrics = step(state, (x[mine], y[mine]))
                 out[f"{name}-{grad_mode}"] = tree_leaves(state.params)
                 out[f"{name}-{grad_mode}-loss"] = metrics["loss"]
+        out["sharded"], out["unsharded"] = (_sharded_run(processes, shard) for shard in (True, False))
         torch.save(out, f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def _sharded_run(processes: Processes, shard: bool) -> list:
+    """The trainer's AdamW on this process's half of each batch, with the moments sharded or not;
+    the final parameters and the (gathered) optimizer state."""
+    config = tiny_config(Path("-"), Path("-"), {"model.vocab_size": 64})
+    optimizer = make_optimizer(config)
+    state = init_train_state(init_params(config.model, torch.Generator().manual_seed(0), dtype=DTYPE), optimizer, rng=0)
+    sync = BucketedGradSync(tree_leaves(state.params), bucket_bytes=4096)
+    sharding = Sharding.of(state.params, processes) if shard else None
+    if sharding is not None:
+        state = state.replace(opt_state=sharding.split(state.opt_state))
+        step = sharding.stepping(make_train_step(config.model, sharding.optimizer(config), donate=True, sync=sync))
+    else:
+        step = make_train_step(config.model, optimizer, donate=True, sync=sync)
+    for x, y in batches(config.model):
+        mine = slice(processes.rank * BATCH // processes.world, (processes.rank + 1) * BATCH // processes.world)
+        state, _ = step(state, (x[mine], y[mine]))
+    if sharding is not None:
+        out = [sum(t.numel() for t in tree_leaves(state.opt_state) if isinstance(t, torch.Tensor))]
+        state = sharding.gathered(state)
+    else:
+        out = [sum(t.numel() for t in tree_leaves(state.opt_state) if isinstance(t, torch.Tensor))]
+    return out + [t for t in tree_leaves((state.params, state.opt_state))]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +126,15 @@ def test_two_ranks_on_half_batches_equal_one_process_on_the_whole_batch(two_rank
         for ours, theirs in zip(result[f"{name}-{grad_mode}"], expected, strict=True):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)
     assert torch.equal(two_ranks[0][f"{name}-{grad_mode}-loss"], two_ranks[1][f"{name}-{grad_mode}-loss"])
+
+
+def test_sharded_optimizer_state_equals_unsharded_adamw_at_about_half_the_memory(two_ranks):
+    for result in two_ranks:
+        (sharded_floats, *sharded), (full_floats, *full) = result["sharded"], result["unsharded"]
+        assert len(sharded) == len(full)  # parameters, then the gathered moments and counts: exactly equal
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(sharded, full, strict=True))
+        assert 0.3 * full_floats < sharded_floats < 0.7 * full_floats
+    assert two_ranks[0]["sharded"][0] + two_ranks[1]["sharded"][0] == two_ranks[0]["unsharded"][0]
 
 
 def test_ranks_started_with_different_seeds_start_identical(two_ranks):
@@ -119,9 +155,9 @@ def torchrun_command(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "--data.path", str(data), "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
 
 
-def test_a_two_process_run_checkpoints_once_and_one_process_resumes_it_on_the_same_global_batch(token_dir, tmp_path):
+def test_a_two_process_sharded_run_checkpoints_once_and_one_process_resumes_it_on_the_same_global_batch(token_dir, tmp_path):
     halves = tmp_path / "two"
-    result = subprocess.run(torchrun_command(token_dir, halves, "--set=data.batch_size=4", "--set=schedule.decay_steps=20", "--max_steps", "10"),
+    result = subprocess.run(torchrun_command(token_dir, halves, "--set=data.batch_size=4", "--set=schedule.decay_steps=20", "--set=shard_optimizer=true", "--max_steps", "10"),
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert orjson.loads((halves / SUMMARY_FILE).read_bytes())["status"] == "completed"

@@ -2,7 +2,7 @@
 
 from core.optim.adam import ScaleByAdamState, scale_by_adam
 from core.optim.adamw import adamw
-from core.optim.base import EmptyState, GradientTransformation, apply_updates, chain, global_norm
+from core.optim.base import EmptyState, GradientTransformation, apply_updates, chain, global_norm, set_to_zero
 from core.optim.clip import clip_by_global_norm, clip_scale
 from core.optim.learning_rate import Schedule, ScaleByLearningRateState, scale_by_learning_rate
 from core.optim.muon import ScaleByMuonState, muon, newton_schulz, scale_by_muon
@@ -32,5 +32,6 @@ __all__ = [
     "partition",
     "scale_by_adam",
     "scale_by_learning_rate",
+    "set_to_zero",
     "scale_by_muon",
 ]

@@ -65,6 +65,23 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+def set_to_zero() -> GradientTransformation:
+    """Zero updates, no state (optax's set_to_zero): freezes the leaves it is given, e.g. through
+    `partition`, or leaves another process updates."""
+
+    def init(params: Tree) -> EmptyState:
+        return EmptyState()
+
+    def update(updates: Tree, state: EmptyState, params: Tree | None = None, *, donate: bool = False) -> tuple[Tree, EmptyState]:
+        leaves, spec = tree_flatten(updates)
+        if donate:
+            torch._foreach_zero_(leaves)
+            return updates, state
+        return tree_unflatten([torch.zeros_like(leaf) for leaf in leaves], spec), state
+
+    return GradientTransformation(init, update)
+
+
 def apply_updates(params: Tree, updates: Tree, *, donate: bool = False) -> Tree:
     """`params + updates` (updates already carry the sign and the learning rate): new tensors, or,
     with `donate`, the parameters' own tensors updated in place."""

@@ -143,6 +143,7 @@ class TrainConfig:
     seed: int = 0  # initial parameters and the data order
     grad_accum: int = 1  # micro-batches per step: the global batch is data.batch_size x processes x grad_accum
     bucket_mb: float = 25.0  # size of the gradient all-reduce buckets when data-parallel
+    shard_optimizer: bool = False  # data-parallel: each process keeps the AdamW moments of its share of the leaves (ZeRO-1)
     timeout_s: float = 300.0  # data-parallel: how long a collective waits for a process that died or hangs
     run_dir: str | None = None  # None: runs/<dataset>-<time>
     wandb: bool = False

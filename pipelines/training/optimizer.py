@@ -23,21 +23,21 @@ def make_optimizer(config: TrainConfig) -> GradientTransformation:
     optim.decay_gains: a gain pulled towards 0 only rescales a normalised activation, which the
     next matrix can undo."""
     optim = config.optim
-    schedule = make_schedule(config)
-    adam = adamw(
-        schedule,
-        b1=optim.beta1,
-        b2=optim.beta2,
-        eps=optim.eps,
-        weight_decay=optim.weight_decay,
-        mask=None if optim.decay_gains else decay_matrices,
-    )
+    adam = make_adamw(config)
     if optim.name == "adamw":
         return chain(clip_by_global_norm(optim.max_grad_norm), adam)
     # The same warm-up and decay for both, each scaled to its own peak.
-    muon_schedule = _scaled(schedule, optim.muon_lr / config.schedule.lr)
+    muon_schedule = _scaled(make_schedule(config), optim.muon_lr / config.schedule.lr)
     hidden = muon(muon_schedule, momentum=optim.muon_momentum, weight_decay=optim.muon_weight_decay)
     return chain(clip_by_global_norm(optim.max_grad_norm), partition({"muon": hidden, "adam": adam}, muon_labels))
+
+
+def make_adamw(config: TrainConfig) -> GradientTransformation:
+    """AdamW on the schedule, with the config's betas, eps and weight decay (not on the gains
+    unless optim.decay_gains)."""
+    optim = config.optim
+    mask = None if optim.decay_gains else decay_matrices
+    return adamw(make_schedule(config), b1=optim.beta1, b2=optim.beta2, eps=optim.eps, weight_decay=optim.weight_decay, mask=mask)
 
 
 def _scaled(schedule: Callable[[int], float], factor: float) -> Callable[[int], float]:

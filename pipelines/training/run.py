@@ -18,6 +18,7 @@ from pipelines.training.distributed import Processes, broadcast_object
 from pipelines.training.prepare import TrainingData
 from pipelines.training.run_dir import checkpoint_path
 from pipelines.training.run_lock import RunLock
+from pipelines.training.sharding import Sharding
 
 
 class NoLog:
@@ -41,6 +42,7 @@ class Run:
     autocast: Autocast
     device: torch.device
     processes: Processes
+    sharding: Sharding | None  # how the optimizer state is split over processes (--shard_optimizer)
     log: Any  # MetricsLog on the main process, NoLog elsewhere
     flops_per_step: int  # matmul FLOPs of one step on one process, by core/accounting.py's count
     peak_flops: float  # one device's, for MFU (pipelines/training/peak.py)
@@ -65,7 +67,9 @@ class Run:
     def save(self, names: tuple[str, ...], state: TrainState) -> tuple[str, str] | None:
         """Write `state` under each of `names` if it is good. None when written; else the same
         (status, reason) on every process: ("diverged", why it is not good) or ("failed", the I/O
-        error). The main process checks and writes."""
+        error). The main process checks and writes (the optimizer state gathered first when sharded)."""
+        if self.sharding is not None:
+            state = self.sharding.gathered(state)
         verdict = None
         if self.processes.main:
             problem = self.problem(state)

@@ -34,6 +34,7 @@ from pipelines.training.prepare import TrainingData, open_training_data, with_ru
 from pipelines.training.run import NoLog, Run
 from pipelines.training.run_dir import CONFIG_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.run_lock import RunLock, check_run_dir_free, lock_run_dir
+from pipelines.training.sharding import Sharding
 
 
 def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
@@ -84,6 +85,8 @@ def _check_before_work(
     a model too big for the device, bad data, a tokenizer that does not match) happens here,
     before anything is written. Only the `main` process, which writes, checks the run directory."""
     run_dir = Path(config.run_dir)
+    if config.shard_optimizer and config.optim.name != "adamw":
+        raise ValueError(f"--shard_optimizer shards AdamW's moments; optim.name is {config.optim.name!r}")
     if main:
         check_run_dir_free(run_dir)
         check_fits(config, device)
@@ -124,11 +127,16 @@ def _build_run(
     optimizer = make_optimizer(config)
     state = _first_state(config, device, processes, saved, optimizer)
     sync = BucketedGradSync(tree_leaves(state.params), int(config.bucket_mb * 2**20)) if processes.distributed else None
+    sharding = Sharding.of(state.params, processes) if config.shard_optimizer and processes.distributed else None
+    if sharding is not None:
+        state = state.replace(opt_state=sharding.split(state.opt_state))
     autocast = autocast_for(device)
     step = make_train_step(
-        config.model, optimizer, grad_mode=config.grad_mode, autocast=autocast, compile=config.compile,  # type: ignore[arg-type]
-        donate=True, accumulate=config.grad_accum, sync=sync,
+        config.model, sharding.optimizer(config) if sharding else optimizer, grad_mode=config.grad_mode,  # type: ignore[arg-type]
+        autocast=autocast, compile=config.compile, donate=True, accumulate=config.grad_accum, sync=sync,
     )
+    if sharding is not None:
+        step = sharding.stepping(step)
     peak, source = peak_flops(device, autocast[1] if autocast else torch.float32)
     log = NoLog()
     if processes.main:
@@ -147,7 +155,7 @@ def _build_run(
         "tokenizer": data.tokenizer.fingerprint() if data.tokenizer else None,
     }
     flops = training_step_flops(config.model, config.data.batch_size * config.grad_accum)
-    run = Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, processes, log, flops, peak, meta, lock)
+    run = Run(config, run_dir, data, optimizer, make_schedule(config), step, autocast, device, processes, sharding, log, flops, peak, meta, lock)
     return run, state
 
 
