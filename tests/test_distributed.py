@@ -203,3 +203,24 @@ def _worker_pid(rank: int) -> int:
         if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID=" in b"\0".join(environ):
             return int(entry.name)
     raise AssertionError(f"no trainer process with RANK={rank}")
+
+
+def test_sigint_to_torchrun_stops_every_process_at_one_step_with_one_checkpoint(token_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(torchrun_command(token_dir, run_dir, "--max_steps", "1000000", "--log_every", "1",
+                                                 "--set=checkpoint_every=100000", "--set=eval.every=100000"),
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / METRICS_FILE).exists() and (run_dir / METRICS_FILE).stat().st_size):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGINT)  # torchrun passes it on to every process
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
+    assert summary["status"] == "interrupted", stderr[-2000:]
+    assert read_train_state(checkpoint_path(run_dir))["step"] == summary["step"] > 0
+    assert stderr.count("interrupted at step") == 1  # the main process's one report
