@@ -10,6 +10,7 @@ once its gradients are complete. Tied embeddings are one leaf, so they reduce on
 exists only on NCCL: the sum is divided by the number of processes and micro-batches instead.
 """
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,12 @@ class _Bucket:
 
 
 class BucketedGradSync:
-    def __init__(self, params: list[Tensor], bucket_bytes: int, group: dist.ProcessGroup | None = None) -> None:
-        self.group, self.world = group, dist.get_world_size(group)
+    """`overlap=False` waits for the whole backward before the first all-reduce (for comparison);
+    `wait_seconds` adds up the time spent blocked on the collectives."""
+
+    def __init__(self, params: list[Tensor], bucket_bytes: int, group: dist.ProcessGroup | None = None, overlap: bool = True) -> None:
+        self.group, self.world, self.overlap = group, dist.get_world_size(group), overlap
+        self.wait_seconds = 0.0
         self.buckets: list[_Bucket] = []
         self.slots: list[tuple[_Bucket, Tensor]] = [None] * len(params)  # type: ignore[list-item]
         current, size = [], 0
@@ -56,7 +61,7 @@ class BucketedGradSync:
 
     def start(self, partial: list[Tensor] | None) -> GradHook:
         self._reset(partial)
-        return self._copy
+        return self._copy if self.overlap else lambda index, grad: None
 
     def finish(self, grads: list[Tensor], loss: Tensor, micro_batches: int) -> tuple[list[Tensor], Tensor]:
         if not any(self.copied):  # no hooks ran (torch.func): every leaf goes in now
@@ -67,10 +72,13 @@ class BucketedGradSync:
         loss = loss.detach().clone()
         loss_work = dist.all_reduce(loss, group=self.group, async_op=True)
         scale = 1.0 / (self.world * micro_batches)
+        started = time.perf_counter()
         for bucket in self.buckets:
             bucket.work.wait()
-            bucket.buffer.mul_(scale)
         loss_work.wait()
+        self.wait_seconds += time.perf_counter() - started
+        for bucket in self.buckets:
+            bucket.buffer.mul_(scale)
         self.copied = [False] * len(self.copied)
         return [view for _, view in self.slots], loss * scale
 
