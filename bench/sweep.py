@@ -18,7 +18,7 @@ together) and its speed against the best sequential one (above 1.0: faster). Set
 --repeats rounds in which the arrangements take turns. Every process keeps its freed memory
 (pipelines/training/malloc.py, as a vectorised sweep on the CPU does) unless --malloc-default.
 
-    just bench sweep                                  # d_model 64, 128, 256: a few minutes on two cores
+    just bench sweep                                  # d_model 64, 128, 256: minutes (see README)
     just bench sweep --d-models 32,64 --batch 4 --context 64 --steps 20
     just bench sweep --device cuda --d-models 64,128,256,512,768
 """
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of each run per round")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of each run per round")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", help="thread counts of the one-process arrangements, comma-separated (default: 1 and all)")
