@@ -42,7 +42,7 @@ from core.optim.stacked_adamw import stacked_adamw
 from core.optim.stacked_clip import stacked_clip_by_global_norm
 from core.schedule import warmup_cosine
 from core.stack import stack_trees
-from core.stacked_schedule import stacked_warmup_cosine
+from core.stacked_schedule import stack_schedules
 from core.stacked_train_state import StackedTrainState
 from core.stacked_train_step import make_stacked_train_step
 from core.train_state import init_train_state
@@ -92,7 +92,7 @@ class Vectorised:
         self.config, self.data, self.batch, self.device = config, data, batch, device
         lrs = [learning_rate(k) for k in range(VARIANTS)]
         values = lambda value: as_variant_values(value, VARIANTS)  # noqa: E731
-        schedule = stacked_warmup_cosine(lrs, [lr / 10 for lr in lrs], [WARMUP] * VARIANTS, [DECAY] * VARIANTS)
+        schedule = stack_schedules([warmup_cosine(lr, lr / 10, WARMUP, DECAY) for lr in lrs])
         adam = stacked_adamw(schedule, values(BETAS[0]), values(BETAS[1]), values(EPS), values(WEIGHT_DECAY), decay_matrices)
         optimizer = chain(stacked_clip_by_global_norm(values(MAX_NORM)), adam)
         params = stack_trees([init_params(config, torch.Generator().manual_seed(k), device=device) for k in range(VARIANTS)])

@@ -23,9 +23,9 @@ from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_m
 from core.optim.stacked import as_variant_values
 from core.optim.stacked_adamw import stacked_adamw
 from core.optim.stacked_clip import stacked_clip_by_global_norm
-from core.schedule import cosine_schedule, warmup_cosine
+from core.schedule import warmup_cosine, warmup_stable_decay
 from core.stack import stack_trees, unstack_tree
-from core.stacked_schedule import stacked_warmup_cosine
+from core.stacked_schedule import stack_schedules
 from core.tokenizer import Tokenizer
 from core.tree import tree_leaves, tree_leaves_by_path, tree_map
 from params.init import init_params
@@ -55,6 +55,7 @@ VARIANTS = [
     "a:schedule.lr=3e-3",
     "b:schedule.lr=1e-2+seed=1+optim.beta1=0.8+optim.weight_decay=0+optim.max_grad_norm=0.5",
     "c:schedule.lr=5e-3+seed=2+optim.beta2=0.99+optim.eps=1e-6+schedule.warmup_steps=0+schedule.decay_steps=12",
+    "d:schedule.lr=2e-3+schedule.kind=wsd+schedule.decay_fraction=0.5",
     "boom:schedule.lr=1e6+optim.max_grad_norm=1e30",
 ]
 
@@ -89,7 +90,7 @@ def test_stacked_optimizer_equals_each_sequential_optimizer():
         for k in range(3)
     ]
     values = as_variant_values
-    schedule = stacked_warmup_cosine(lr, [x / 10 for x in lr], warmup, steps)
+    schedule = stack_schedules([warmup_cosine(lr[k], lr[k] / 10, warmup[k], steps[k]) for k in range(3)])
     stacked = chain(stacked_clip_by_global_norm(values(clip)), stacked_adamw(schedule, values(b1), values(b2), values(eps), values(decay), decay_matrices))
     params = [init_params(config, torch.Generator().manual_seed(k)) for k in range(3)]
     states = [opt.init(p) for opt, p in zip(sequential, params)]
@@ -118,12 +119,11 @@ def test_stacked_optimizer_equals_each_sequential_optimizer():
                 assert ours_state[name] == leaf, name  # the step counts
 
 
-def test_stacked_schedule_equals_cosine_schedule():
-    settings = [(1e-3, 1e-4, 10, 100), (3e-2, 0.0, 0, 50), (1.0, 0.5, 20, 20), (5e-4, 5e-4, 1, 7)]
-    schedule = stacked_warmup_cosine(*zip(*settings))
+def test_stacked_schedules_are_each_variants_own():
+    schedules = [warmup_cosine(1e-3, 1e-4, 10, 100), warmup_cosine(3e-2, 0.0, 0, 50), warmup_stable_decay(1.0, 0.1, 5, 40, 60)]
+    stacked = stack_schedules(schedules)
     for step in range(0, 130, 3):
-        expected = [cosine_schedule(step, *s) for s in settings]
-        assert schedule(step).tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert stacked(step).tolist() == [schedule(step) for schedule in schedules]  # to the bit
 
 
 def test_stack_trees_keeps_shared_counts_and_refuses_different_ones():
@@ -143,7 +143,7 @@ def test_vmapped_sweep_equals_sequential_runs_with_one_diverging(tmp_path, data_
     out = tmp_path / "vmap"
     main([*sweep_args(out, data_dir, VARIANTS, TINY), "--vmap", "--threads", "1"])
     rows = {row["name"]: row for row in orjson.loads((out / "summary.json").read_bytes())}
-    assert {name: row["status"] for name, row in rows.items()} == {"a": "completed", "b": "completed", "c": "completed", "boom": "diverged"}
+    assert {name: row["status"] for name, row in rows.items()} == {"a": "completed", "b": "completed", "c": "completed", "d": "completed", "boom": "diverged"}
 
     fixed = {k: v for k, v in TINY.items()} | {"data.path": str(data_dir)}
     for variant in make_variants([], VARIANTS):

@@ -14,7 +14,7 @@ from pipelines.training.config import TrainConfig, field_types
 
 PER_VARIANT = frozenset({
     "seed", "run_dir",
-    "schedule.lr", "schedule.final_lr", "schedule.warmup_steps", "schedule.decay_steps",
+    "schedule.lr", "schedule.final_lr", "schedule.warmup_steps", "schedule.decay_steps", "schedule.kind", "schedule.decay_fraction",
     "optim.beta1", "optim.beta2", "optim.eps", "optim.weight_decay", "optim.max_grad_norm",
     "sample.count", "sample.prompt", "sample.tokens", "sample.temperature", "sample.top_p",
     "wandb_project",

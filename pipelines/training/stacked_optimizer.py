@@ -7,8 +7,9 @@ from core.optim import GradientTransformation, chain, decay_matrices
 from core.optim.stacked import as_variant_values
 from core.optim.stacked_adamw import stacked_adamw
 from core.optim.stacked_clip import stacked_clip_by_global_norm
-from core.stacked_schedule import stacked_warmup_cosine
+from core.stacked_schedule import stack_schedules
 from pipelines.training.config import TrainConfig
+from pipelines.training.optimizer import make_schedule
 
 
 def make_stacked_optimizer(configs: Sequence[TrainConfig]) -> GradientTransformation:
@@ -19,10 +20,7 @@ def make_stacked_optimizer(configs: Sequence[TrainConfig]) -> GradientTransforma
         raise ValueError(f"make_stacked_optimizer: the stacked optimizer is AdamW, got optim.name {sorted(names)}")
     if len({config.optim.decay_gains for config in configs}) != 1:
         raise ValueError("make_stacked_optimizer: optim.decay_gains must be the same for every variant")
-    schedule = stacked_warmup_cosine(
-        [c.schedule.lr for c in configs], [c.final_lr for c in configs],
-        [c.schedule.warmup_steps for c in configs], [c.decay_steps for c in configs],
-    )
+    schedule = stack_schedules([make_schedule(config) for config in configs])  # each variant's own
 
     def values(name: str):
         return as_variant_values([getattr(c.optim, name) for c in configs])
