@@ -235,3 +235,4 @@ def test_what_can_be_stacked():
     assert "max_steps" in why_not_stackable([base, config(max_steps=10)])
     assert "AdamW only" in why_not_stackable([config(**{"optim.name": "muon"})] * 2)
     assert "no gradient accumulation" in why_not_stackable([config(grad_accum=2)] * 2)
+    assert "--gns" in why_not_stackable([config(gns=True)] * 2)

@@ -30,6 +30,8 @@ def why_not_stackable(configs: Sequence[TrainConfig]) -> str | None:
         return f"the variants differ in {', '.join(differing)}, which cannot be stacked (shapes or the shared loop)"
     if configs[0].grad_accum != 1:
         return f"grad_accum={configs[0].grad_accum}: the stacked step takes one batch per step (no gradient accumulation)"
+    if configs[0].gns:
+        return "--gns measures gradients at two batch sizes, which the stacked step does not keep"
     if configs[0].optim.name != "adamw":
         return f"optim.name={configs[0].optim.name}: the stacked optimizer is AdamW only"
     if configs[0].wandb:
