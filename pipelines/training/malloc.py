@@ -4,9 +4,10 @@ page-faulted in afresh on every step.
 glibc returns large freed blocks to the system (those above M_MMAP_THRESHOLD, and the top of the
 heap above M_TRIM_THRESHOLD), so the next step's buffer of the same size is new memory: every page
 of it faults on first touch. A stacked group's activations and optimizer temporaries are K times
-a model's, above the thresholds, and measured a stacked step of d_model 64 at 0.82 s with glibc's
-defaults and 0.47 s with these (K = 8, one thread; bench/sweep.py). The cost: the process keeps
-its peak memory until it exits.
+a model's, above the thresholds: a stacked step of 8 variants at d_model 64 (one thread) measured
+0.82 s with glibc's defaults and 0.47 s with these, in a one-off timing (`just bench sweep
+--malloc-default` compares the defaults). The cost: the process keeps its peak memory until it
+exits.
 """
 
 import ctypes
