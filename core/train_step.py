@@ -16,6 +16,9 @@ gradients are summed and averaged, so the update equals one step on the whole ba
 parallelism plugs in as a `GradSync` (pipelines/training/grad_sync.py): it averages the summed
 gradients and losses across processes, starting while the last micro-batch's backward still runs
 when the gradients come from autograd (a hook per leaf), after it otherwise.
+
+With `gns=True` the step also measures what the gradient noise scale needs (core/gns.py): the
+mean squared norm of this process's micro-batch gradients, beside the norm of their average.
 """
 
 import contextlib
@@ -27,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from core.config import ModelConfig
+from core.gns import squared_norm
 from core.model import KERNELS, forward
 from core.optim import GradientTransformation, apply_updates, global_norm
 from core.train_state import TrainState
@@ -109,59 +113,71 @@ def make_train_step(
     donate: bool = False,
     accumulate: int = 1,
     sync: GradSync | None = None,
+    gns: bool = False,
 ) -> TrainStep:
     """The step function of `optimizer` (e.g. chain(clip_by_global_norm(1.0), adamw(schedule)))
     on the model `config`. Its metrics are the loss and the gradient norm before clipping, as
-    tensors on the device, and `applied`.
+    tensors on the device, and `applied`; with `gns`, also `micro_grad_sq`: the mean over this
+    process's micro-batches of their gradients' squared norms (grad_norm² is the big batch's).
 
     Without `donate`, the step never reads them (the caller chooses when to sync) and `applied` is
     True. With `donate`, the incoming state is updated in place, so the step reads one flag from
     the device first: a step whose loss or gradient norm is not finite returns the state untouched
     with `applied` False. With a `sync`, loss and gradients are the means over all processes, so
     every process takes the same decision."""
-    grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync)
+    grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync, gns)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        grads, loss = grads_and_loss(state.params, batch)
+        grads, loss, micro_grad_sq = grads_and_loss(state.params, batch)
         grad_norm = global_norm(grads)  # before the optimizer: a donated update overwrites grads
+        measured = {"loss": loss, "grad_norm": grad_norm} | ({"micro_grad_sq": micro_grad_sq} if gns else {})
         if donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-            return state, {"loss": loss, "grad_norm": grad_norm, "applied": False}
+            return state, {**measured, "applied": False}
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, donate=donate)
         params = apply_updates(state.params, updates, donate=donate)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "applied": True}
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), {**measured, "applied": True}
 
     return train_step
 
 
 def make_grads_and_loss(
-    config: ModelConfig, grad_mode: GradMode, autocast: Autocast, compile: bool, accumulate: int = 1, sync: GradSync | None = None
-) -> Callable[[Tree, Batch], tuple[Tree, Tensor]]:
-    """(params, batch) -> (mean gradients, mean loss) over the batch's `accumulate` micro-batches
-    and, with a `sync`, over every process."""
+    config: ModelConfig,
+    grad_mode: GradMode,
+    autocast: Autocast,
+    compile: bool,
+    accumulate: int = 1,
+    sync: GradSync | None = None,
+    gns: bool = False,
+) -> Callable[[Tree, Batch], tuple[Tree, Tensor, Tensor | None]]:
+    """(params, batch) -> (mean gradients, mean loss, micro_grad_sq) over the batch's `accumulate`
+    micro-batches and, with a `sync`, over every process. micro_grad_sq, with `gns` (else None),
+    is the mean of the micro-batch gradients' squared norms on this process, before any sync."""
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
     grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
     hooks = sync is not None and grad_mode == "autograd"  # torch.func never calls tensor hooks
 
-    def grads_and_loss(params: Tree, batch: Batch) -> tuple[Tree, Tensor]:
+    def grads_and_loss(params: Tree, batch: Batch) -> tuple[Tree, Tensor, Tensor | None]:
         x, y = batch
         if len(x) % accumulate:
             raise ValueError(f"a batch of {len(x)} rows does not split into {accumulate} micro-batches")
         total: list[Tensor] | None = None
         loss = torch.zeros((), device=x.device)
+        micro_grad_sq = torch.zeros((), device=x.device) if gns else None
         for index, (micro_x, micro_y) in enumerate(zip(x.chunk(accumulate), y.chunk(accumulate), strict=True)):
             last = index == accumulate - 1
             hook = {"hook": sync.start(total)} if hooks and last else {}
             grads, micro_loss = grad_and_value(params, micro_x, micro_y, **hook)
             leaves, spec = tree_flatten(grads)
+            if micro_grad_sq is not None:
+                micro_grad_sq = micro_grad_sq + squared_norm(leaves) / accumulate
             total = leaves if total is None else torch._foreach_add(total, leaves)
             loss = loss + micro_loss
         if sync is not None:
             total, loss = sync.finish(total, loss, accumulate)
         elif accumulate > 1:
             total, loss = torch._foreach_div(total, accumulate), loss / accumulate
-        return tree_unflatten(list(total), spec), loss
+        return tree_unflatten(list(total), spec), loss, micro_grad_sq
 
     return grads_and_loss
 

@@ -1,7 +1,8 @@
 """Learning curves: `python -m pipelines.experiments.plot RUN [RUN ...] [--out FILE.png] [--labels A B ...]`.
 
 Two panels, loss against steps and against wall-clock seconds; each run is one colour, its
-training loss a thin line and its validation loss a thicker line with markers.
+training loss a thin line and its validation loss a thicker line with markers. Runs trained with
+`--gns true` get a third panel: the gradient noise scale B_simple (core/gns.py) against steps.
 """
 
 import argparse
@@ -28,9 +29,13 @@ def plot_runs(
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
     labels = list(labels) if labels is not None else [Path(run).name for run in run_dirs]
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for index, (run, label) in enumerate(zip(run_dirs, labels)):
-        rows = read_metrics(run)
+    rows_by_run = [read_metrics(run) for run in run_dirs]
+    noise = any(r.get("gns_b_simple") is not None for rows in rows_by_run for r in rows)
+    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(19.5 if noise else 13, 4.8))
+    by_step, by_time = axes[0], axes[1]
+    by_time.sharey(by_step)
+    by_time.tick_params(labelleft=False)
+    for index, (rows, label) in enumerate(zip(rows_by_run, labels)):
         colour = f"C{index % 10}"
         train = [r for r in rows if r.get("train_loss") is not None]
         valid = [r for r in rows if r.get("val_loss") is not None]
@@ -39,10 +44,12 @@ def plot_runs(
                       label=f"{label} train")
             axis.plot([r[x] for r in valid], [r["val_loss"] for r in valid], color=colour, lw=1.8, marker="o",
                       ms=3, label=f"{label} val")
+        if noise:
+            _draw_noise_scale(axes[2], rows, colour, label)
     by_step.set_xlabel("step")
     by_time.set_xlabel("wall-clock seconds")
     by_step.set_ylabel("loss (nats per token)")
-    for axis in (by_step, by_time):
+    for axis in axes:
         axis.grid(alpha=0.3)
     by_time.legend(fontsize="small", loc="upper right")
     if title:
@@ -53,6 +60,17 @@ def plot_runs(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _draw_noise_scale(axis, rows: list[dict], colour: str, label: str) -> None:
+    """B_simple, in sequences, on a log scale (it changes by large factors as training goes on);
+    rows whose |G|² average was not yet positive hold None and are skipped."""
+    points = [(r["step"], r["gns_b_simple"]) for r in rows if r.get("gns_b_simple") is not None and r["gns_b_simple"] > 0]
+    axis.plot([step for step, _ in points], [b for _, b in points], color=colour, lw=1.5, label=label)
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("gradient noise scale B_simple (sequences)")
+    axis.legend(fontsize="small")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

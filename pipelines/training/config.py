@@ -148,6 +148,9 @@ class TrainConfig:
     run_dir: str | None = None  # None: runs/<dataset>-<time>
     wandb: bool = False
     wandb_project: str = "lmkit"
+    # Log the gradient noise scale (core/gns.py): needs two batch sizes, so grad_accum >= 2 or
+    # several processes; the process count is known only at the start, which checks it.
+    gns: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every", "checkpoint_every"):
@@ -178,6 +181,17 @@ class TrainConfig:
         if self.schedule.decay_steps is not None:
             return self.schedule.decay_steps
         return max(self.max_steps, self.schedule.warmup_steps)
+
+    def gns_batch_sizes(self, world: int) -> tuple[int, int]:
+        """The two batch sizes, in sequences, that `gns` compares: one micro-batch, and the step's
+        whole batch over grad_accum micro-batches and `world` processes. With both accumulation and
+        several processes this is the widest pair at hand (the further the big batch is from the
+        small one, the less noisy the |G|² estimate), and one code path serves every case: with
+        grad_accum 1 the micro-batch is this process's local batch."""
+        small, big = self.data.batch_size, self.data.batch_size * self.grad_accum * world
+        if big == small:
+            raise ValueError("--gns compares gradients at two batch sizes: set grad_accum >= 2 or train on several processes (--nproc N)")
+        return small, big
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

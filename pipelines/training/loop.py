@@ -31,6 +31,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
+from core.gns import NoiseScale, two_batch_estimates
 from core.train_state import TrainState
 from core.train_step import Metrics
 from params.init import count_params
@@ -71,7 +72,8 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
     """Steps until max_steps, a signal, a divergence or a failed write; the boundaries log,
     evaluate and checkpoint."""
     config = run.config
-    progress = _Progress(_Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None)
+    progress = _Progress(_Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None,
+                         noise=NoiseScale() if config.gns else None)
     pending: list[Metrics] = []
     bar = tqdm(total=config.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                disable=not run.processes.main)
@@ -86,7 +88,7 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
             if not _is_boundary(config, state.step, stop.requested):
                 continue
             state = state.replace(elapsed=progress.clock.elapsed())
-            progress.train_loss, pending = _log_training(run, state, pending, progress.clock, bar), []
+            progress.train_loss, pending = _log_training(run, state, pending, progress, bar), []
             if state.step % config.eval.every == 0 or state.step == config.max_steps:
                 progress.val_loss = _log_validation(run, state, bar)
                 if not math.isfinite(progress.val_loss):
@@ -106,12 +108,14 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
 
 @dataclass
 class _Progress:
-    """What the loop knows so far: the clock, the latest losses, the step of the last checkpoint."""
+    """What the loop knows so far: the clock, the latest losses, the step of the last checkpoint,
+    and with --gns the noise scale's moving averages (they restart on resume: not checkpointed)."""
 
     clock: "_Clock"
     saved_step: int | None
     train_loss: float | None = None
     val_loss: float | None = None
+    noise: NoiseScale | None = None
 
     def outcome(self, state: TrainState, status: str, message: str) -> Outcome:
         return Outcome(state, status, message, self.train_loss, self.val_loss, self.clock.steps_per_s())
@@ -166,10 +170,10 @@ def _is_boundary(config: TrainConfig, step: int, stopping: bool) -> bool:
     return stopping or step == config.max_steps or any(step % n == 0 for n in every)
 
 
-def _log_training(run: Run, state: TrainState, pending: list[Metrics], clock: _Clock, bar: tqdm) -> float:
+def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress: _Progress, bar: tqdm) -> float:
     losses, norms = (torch.stack([m[k].float() for m in pending]).cpu() for k in ("loss", "grad_norm"))
     tokens_per_step = run.tokens_per_step
-    seconds = clock.interval(len(losses))
+    seconds = progress.clock.interval(len(losses))
     flops_per_s = len(losses) * run.flops_per_step / seconds
     row = {
         "step": state.step,
@@ -182,10 +186,21 @@ def _log_training(run: Run, state: TrainState, pending: list[Metrics], clock: _C
         "flops_per_s": flops_per_s,
         "mfu": flops_per_s / run.peak_flops,
     }
+    if progress.noise is not None:
+        progress.noise = _noise_scale(run, progress.noise, pending, norms)
+        row.update(progress.noise.readout())
     run.log.write(row)
     bar.update(state.step - bar.n)
     bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{row['mfu']:.1%}")
     return row["train_loss"]
+
+
+def _noise_scale(run: Run, noise: NoiseScale, pending: list[Metrics], norms: torch.Tensor) -> NoiseScale:
+    """The averages after the pending steps: each step's micro-batches against its whole batch
+    (float64 on the host: the estimates are differences of nearly equal squared norms)."""
+    small_sq = torch.stack([m["micro_grad_sq"] for m in pending]).cpu().double()
+    b_small, b_big = run.config.gns_batch_sizes(run.processes.world)
+    return noise.updated(*two_batch_estimates(small_sq, norms.double().square(), b_small, b_big))
 
 
 def _log_validation(run: Run, state: TrainState, bar: tqdm) -> float:

@@ -41,6 +41,8 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     """Check everything that can be checked before any work, then take the run directory (locked
     for the life of the run), open the data, build the step, and initialise or load the state."""
     processes, device = start_processes(require_device(config.device), config.timeout_s)
+    if config.gns:
+        config.gns_batch_sizes(processes.world)  # refused here, before any work, without two sizes
     config = _on_main_first(processes, lambda: _with_run_dir(config))
     checked = _on_main_first(processes, lambda: _check_before_work(config, resume, device))
     # The others open what the main process checked (and cached), while it takes the run directory.
@@ -133,7 +135,7 @@ def _build_run(
     autocast = autocast_for(device)
     step = make_train_step(
         config.model, sharding.optimizer(config) if sharding else optimizer, grad_mode=config.grad_mode,  # type: ignore[arg-type]
-        autocast=autocast, compile=config.compile, donate=True, accumulate=config.grad_accum, sync=sync,
+        autocast=autocast, compile=config.compile, donate=True, accumulate=config.grad_accum, sync=sync, gns=config.gns,
     )
     if sharding is not None:
         step = sharding.stepping(step)
