@@ -17,7 +17,6 @@ with a checkpoint of every variant still training; a sweep resumes them as one g
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +28,7 @@ from core.stacked_train_state import StackedTrainState, variant_state
 from core.stacked_train_step import StackedMetrics
 from core.tree import tree_leaves_by_path
 from pipelines.training.checkpoint import save_train_state
+from pipelines.training.clock import Clock, is_boundary
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import eval_batches
 from pipelines.training.group_outcome import VariantProgress, finish_variant
@@ -62,7 +62,7 @@ def group_loop(run: GroupRun, state: StackedTrainState, stop: StopFlag) -> tuple
         VariantProgress(run.run_dir(k), state.step if checkpoint_path(run.run_dir(k)).exists() else None)
         for k in range(state.variants)
     ]
-    clock = _Clock(state.elapsed)
+    clock = Clock(state.elapsed)
     pending: list[StackedMetrics] = []
     bar = tqdm(total=config.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
     with bar:
@@ -71,7 +71,7 @@ def group_loop(run: GroupRun, state: StackedTrainState, stop: StopFlag) -> tuple
             state, metrics = run.step(state, run.batch(state.step, state.rngs))
             _stop_diverged(run, before, metrics, progress, clock)
             pending.append(metrics)
-            if not _is_boundary(config, state.step, stop.requested):
+            if not is_boundary(config, state.step, stop.requested):
                 continue
             state = state.replace(elapsed=clock.elapsed())
             _log_training(run, state, pending, progress, clock, bar)
@@ -105,13 +105,13 @@ def _training(progress: list[VariantProgress]) -> list[tuple[int, VariantProgres
     return [(k, variant) for k, variant in enumerate(progress) if variant.training]
 
 
-def _diverge(run: GroupRun, k: int, variant: VariantProgress, state: StackedTrainState, what: str, clock: "_Clock") -> None:
+def _diverge(run: GroupRun, k: int, variant: VariantProgress, state: StackedTrainState, what: str, clock: Clock) -> None:
     """Stop variant k as loop.py stops a diverged run at `state`: an event row, nothing written."""
     run.logs[k].write({"step": state.step + 1, "event": "diverged", "wall": clock.elapsed()})
     variant.stop("diverged", f"{what}; stopped, {variant.kept()}", state.step, state.elapsed, clock.steps_per_s())
 
 
-def _stop_diverged(run: GroupRun, before: StackedTrainState, metrics: StackedMetrics, progress: list[VariantProgress], clock: "_Clock") -> None:
+def _stop_diverged(run: GroupRun, before: StackedTrainState, metrics: StackedMetrics, progress: list[VariantProgress], clock: Clock) -> None:
     """The variants whose step was not applied (a non-finite loss or gradient norm) stop at `before`."""
     applied = metrics["applied"].tolist()
     for k, variant in _training(progress):
@@ -121,7 +121,7 @@ def _stop_diverged(run: GroupRun, before: StackedTrainState, metrics: StackedMet
 
 
 def _log_training(
-    run: GroupRun, state: StackedTrainState, pending: list[StackedMetrics], progress: list[VariantProgress], clock: "_Clock", bar: tqdm
+    run: GroupRun, state: StackedTrainState, pending: list[StackedMetrics], progress: list[VariantProgress], clock: Clock, bar: tqdm
 ) -> None:
     losses, norms = (torch.stack([m[key].float() for m in pending]).cpu() for key in ("loss", "grad_norm"))
     config = run.shared
@@ -148,7 +148,7 @@ def _log_training(
     bar.set_postfix(training=len(training), best_loss=f"{min(training):.3f}" if training else "-", tok_s=f"{len(progress) * len(losses) * tokens_per_step / seconds:.0f}")
 
 
-def _log_validation(run: GroupRun, state: StackedTrainState, progress: list[VariantProgress], clock: "_Clock", bar: tqdm) -> None:
+def _log_validation(run: GroupRun, state: StackedTrainState, progress: list[VariantProgress], clock: Clock, bar: tqdm) -> None:
     """Every variant's loss over the fixed validation windows (evaluate.py's, per variant); a
     non-finite one stops that variant as diverged."""
     config = run.shared
@@ -166,7 +166,7 @@ def _log_validation(run: GroupRun, state: StackedTrainState, progress: list[Vari
             _diverge(run, k, variant, state, f"non-finite validation loss at step {state.step}", clock)
 
 
-def _checkpoint(run: GroupRun, names: tuple[str, ...], state: StackedTrainState, progress: list[VariantProgress], clock: "_Clock") -> None:
+def _checkpoint(run: GroupRun, names: tuple[str, ...], state: StackedTrainState, progress: list[VariantProgress], clock: Clock) -> None:
     """Save each variant still training under `names` if its state is good; one that is not stops
     as diverged, one whose file cannot be written as failed (its previous checkpoint is intact)."""
     problems = _problems(run, state)
@@ -197,32 +197,3 @@ def _problems(run: GroupRun, state: StackedTrainState) -> list[str | None]:
         else:
             problems.append(None if math.isfinite(losses[k]) else f"its loss on the next batch is {losses[k]}")
     return problems
-
-
-def _is_boundary(config: TrainConfig, step: int, stopping: bool) -> bool:
-    every = (config.log_every, config.eval.every, config.checkpoint_every)
-    return stopping or step == config.max_steps or any(step % n == 0 for n in every)
-
-
-class _Clock:
-    """Wall-clock seconds of the group across resumes, and training throughput between boundaries
-    (loop.py's clock)."""
-
-    def __init__(self, elapsed: float) -> None:
-        self.started, self.before = time.perf_counter(), elapsed
-        self.interval_start = self.started
-        self.train_seconds, self.train_steps = 0.0, 0
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def interval(self, steps: int) -> float:
-        seconds = time.perf_counter() - self.interval_start
-        self.train_seconds, self.train_steps = self.train_seconds + seconds, self.train_steps + steps
-        return seconds
-
-    def pause(self) -> None:
-        self.interval_start = time.perf_counter()
-
-    def steps_per_s(self) -> float | None:
-        return self.train_steps / self.train_seconds if self.train_seconds else None

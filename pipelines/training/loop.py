@@ -23,7 +23,6 @@ to stop, so they stop at the same step, and only the main one logs and writes.
 import contextlib
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from core.train_state import TrainState
 from core.train_step import Metrics
 from params.init import count_params
 from pipelines.training.atomic import write_atomic
+from pipelines.training.clock import Clock, is_boundary
 from pipelines.training.config import TrainConfig
 from pipelines.training.distributed import any_process, stop_processes
 from pipelines.training.evaluate import evaluate
@@ -72,7 +72,7 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
     """Steps until max_steps, a signal, a divergence or a failed write; the boundaries log,
     evaluate and checkpoint."""
     config = run.config
-    progress = _Progress(_Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None,
+    progress = _Progress(Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None,
                          noise=NoiseScale() if config.gns else None)
     pending: list[Metrics] = []
     bar = tqdm(total=config.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
@@ -85,7 +85,7 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
                 return progress.diverged(run, state, f"non-finite {what} at step {state.step + 1}")
             pending.append(metrics)
             stop.requested = any_process(stop.requested, run.processes, run.device)  # all stop at one step
-            if not _is_boundary(config, state.step, stop.requested):
+            if not is_boundary(config, state.step, stop.requested):
                 continue
             state = state.replace(elapsed=progress.clock.elapsed())
             progress.train_loss, pending = _log_training(run, state, pending, progress, bar), []
@@ -111,7 +111,7 @@ class _Progress:
     """What the loop knows so far: the clock, the latest losses, the step of the last checkpoint,
     and with --gns the noise scale's moving averages (they restart on resume: not checkpointed)."""
 
-    clock: "_Clock"
+    clock: Clock
     saved_step: int | None
     train_loss: float | None = None
     val_loss: float | None = None
@@ -139,35 +139,6 @@ class _Progress:
         if self.saved_step is None:
             return "no checkpoint was written"
         return f"the last good checkpoint is {checkpoint_path(run.run_dir)} (step {self.saved_step})"
-
-
-class _Clock:
-    """Wall-clock seconds of the run across resumes, and training throughput between boundaries."""
-
-    def __init__(self, elapsed: float) -> None:
-        self.started, self.before = time.perf_counter(), elapsed
-        self.interval_start = self.started
-        self.train_seconds, self.train_steps = 0.0, 0
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def interval(self, steps: int) -> float:
-        """Seconds since the last pause, counted as the time of `steps` training steps."""
-        seconds = time.perf_counter() - self.interval_start
-        self.train_seconds, self.train_steps = self.train_seconds + seconds, self.train_steps + steps
-        return seconds
-
-    def pause(self) -> None:
-        self.interval_start = time.perf_counter()
-
-    def steps_per_s(self) -> float | None:
-        return self.train_steps / self.train_seconds if self.train_seconds else None
-
-
-def _is_boundary(config: TrainConfig, step: int, stopping: bool) -> bool:
-    every = (config.log_every, config.eval.every, config.checkpoint_every)
-    return stopping or step == config.max_steps or any(step % n == 0 for n in every)
 
 
 def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress: _Progress, bar: tqdm) -> float:
