@@ -39,6 +39,15 @@ def test_readme_train_commands_name_real_settings():
             cli.config_from_args(parsed)
 
 
+def test_readme_torchrun_commands_start_the_trainer_with_real_settings():
+    commands = readme_commands("torchrun")
+    assert len(commands) >= 3
+    for args in commands:
+        module = args.index("-m")
+        assert args[module + 1] == "pipelines.training.cli"
+        cli.config_from_args(cli.parser().parse_args(args[module + 2 :]))
+
+
 def test_readme_sweep_commands_name_real_settings():
     commands = readme_commands("just sweep")
     assert commands

@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.training.cli",
         description="Train a Transformer LM. Config: preset < --config FILE < flags and --set.",
     )
-    parser.add_argument("dataset", nargs="?", default="tinystories", help="dataset whose presets to use (tinystories)")
+    parser.add_argument("dataset", nargs="?", default="tinystories", help="dataset whose presets to use: tinystories or owt")
     parser.add_argument("--preset", help="baseline (the handout's) or cpu-small; default: the one that fits the device")
     parser.add_argument("--config", help="a JSON config (e.g. a run's config.json) applied over the preset")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run_dir from checkpoints/last.pt")
