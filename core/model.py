@@ -73,10 +73,9 @@ def _block(
     params: dict, x: Tensor, config: ModelConfig, rotation: Rotation | None, past: KV | None, first_values: Tensor | None
 ) -> tuple[Tensor, KV]:
     ffn = params["ffn"]
-
-    def attend(h: Tensor) -> tuple[Tensor, KV]:
-        return _attention(params["attn"], h, config, rotation, past, first_values)
-
+    # A partial, not a nested def: a def's annotations (tuple[...]) are evaluated at each call,
+    # and torch.compile breaks its graph on them.
+    attend = partial(_attention, params["attn"], config=config, rotation=rotation, past=past, first_values=first_values)
     if config.norm == "pre":
         attended, kv = attend(_norm(params["ln1"], x, config))
         h = x + attended
