@@ -1,7 +1,7 @@
 """One optimizer update: core.optim's pure chain against torch's in-place clipping and AdamW.
 
 Ours: `chain(clip_by_global_norm(1.0), adamw(..., mask=decay_matrices))` then `apply_updates`,
-returning new parameters and state. Peer: `torch.nn.utils.clip_grad_norm_(foreach=True)` and
+returning new parameters and state, and the same donated (in place, as the trainer runs it). Peer: `torch.nn.utils.clip_grad_norm_(foreach=True)` and
 `torch.optim.AdamW(foreach=True)` with the same two param groups (matrices decayed, 1-D gains
 not), updating in place. Same gradients every call, on the cpu-small model's parameter pytree.
 Prints ms per update and the speed ratio (above 1.0: ours is faster).
@@ -46,6 +46,22 @@ def pure_update(params, grads, lr: float):
     return step
 
 
+def donated_update(params, grads, lr: float):
+    """The trainer's update: moments and parameters in place (`donate=True`). It writes its updates
+    into the gradients' storage, so each call first copies the same gradients into a buffer: that
+    copy is timed too."""
+    optimizer = chain(clip_by_global_norm(1.0), adamw(lr, **HPARAMS, mask=decay_matrices))
+    params = tree_map(torch.clone, params)
+    carry = {"state": optimizer.init(params), "buffer": tree_map(torch.empty_like, grads)}
+
+    def step() -> None:
+        torch._foreach_copy_(tree_leaves(carry["buffer"]), tree_leaves(grads))
+        updates, carry["state"] = optimizer.update(carry["buffer"], carry["state"], params, donate=True)
+        apply_updates(params, updates, donate=True)
+
+    return step
+
+
 def torch_update(params, grads, lr: float):
     leaves = [torch.nn.Parameter(p.clone()) for p in tree_leaves(params)]
     for p, g in zip(leaves, tree_leaves(grads), strict=True):
@@ -79,7 +95,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1)
     grads = tree_map(lambda p: 10 * torch.randn(p.shape, generator=generator), params)  # norm > 1: clipped
     variants = {"torch clip_grad_norm_ + AdamW (in place)": torch_update(params, grads, 1e-3),
-                "core.optim chain + apply_updates (pure)": pure_update(params, grads, 1e-3)}
+                "core.optim chain + apply_updates (pure)": pure_update(params, grads, 1e-3),
+                "core.optim chain + apply_updates (donated, as the trainer)": donated_update(params, grads, 1e-3)}
 
     n = sum(p.numel() for p in tree_leaves(params))
     print(f"{n:,} parameters in {len(tree_leaves(params))} tensors, torch {torch.__version__}, "

@@ -8,7 +8,9 @@ F.cross_entropy), stepped by clip_grad_norm_(foreach=True) and torch.optim.AdamW
 Prints tokens/s, the speed ratio against the peer (eager against eager, compiled against
 compiled; above 1.0: the pure step is faster) and the fraction of the machine's fp32 matmul peak
 (a 2048^3 matmul timed in the same run) each variant reaches: FLOPs per step from
-core/accounting.py over seconds over peak. Then the peak memory of each eager variant, each in a
+core/accounting.py over seconds over peak. Compiled, the pure step puts loss, gradients and AdamW
+under one torch.compile, as the trainer's --compile does (core/train_step.py's make_compiled_step).
+Then the peak memory of each eager variant, each in a
 fresh process: how far the peak resident set rises while it builds its model copy and optimizer
 and takes three steps (bench/common.py's peak_memory_rise), against the peer's.
 
@@ -45,8 +47,7 @@ def variants(config: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor], comp
     }
     if compile:
         makers[COMPILED_PEER] = lambda: peer_step_fn(config, initial, schedule, batch, compile=True)
-        makers["pure step, compiled (autograd.grad)"] = lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="autograd", compile=True)
-        makers["pure step, compiled (torch.func)"] = lambda: pure_step_fn(config, initial, schedule, batch, grad_mode="func", compile=True)
+        makers["pure step, compiled (loss, grads and AdamW)"] = lambda: pure_step_fn(config, initial, schedule, batch, compile=True)
     return makers
 
 
