@@ -151,8 +151,9 @@ def make_compiled_step(config: ModelConfig, optimizer: GradientTransformation, a
     torch.autograd.grad) and the optimizer's update. The compiled function is pure and returns the
     new state beside the old; the step keeps the new one only when the loss and gradient norm are
     finite (`applied`), so a non-finite step changes nothing, as with `donate`. The step counts are
-    Python ints: dynamo makes them symbolic after their first change, so the step compiles twice,
-    then never again."""
+    Python ints that dynamo makes symbolic after their first change, and the learning rate is
+    computed from them inside the graph: the step compiles on its first call, on its second, and
+    once more for each branch of the schedule (warm-up, decay, after it), never once per step."""
 
     def whole(params: Tree, opt_state, x: Tensor, y: Tensor):
         grads, loss = torch.func.grad_and_value(loss_fn)(params, x, y, config, autocast)
