@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -20,7 +19,7 @@ from core.config import ModelConfig
 from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
 from core.train_state import init_train_state
 from core.train_step import make_train_step
-from core.tree import tree_leaves, tree_map
+from core.tree import tree_leaves
 from params.init import init_params
 from pipelines.training.checkpoint import read_train_state
 from pipelines.training.config import with_overrides
@@ -31,6 +30,7 @@ from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_pa
 from pipelines.training.optimizer import make_optimizer
 from pipelines.training.sharding import Sharding
 from pipelines.training.start import _first_state
+from tests.test_guarantees import wait_for_progress
 from tests.test_train import TINY, tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,10 +177,8 @@ def test_a_process_that_dies_stops_the_others_with_a_clear_error(token_dir, tmp_
     launcher = subprocess.Popen(torchrun_command(token_dir, run_dir, "--max_steps", "1000000", "--log_every", "1"),
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ((run_dir / METRICS_FILE).exists() and (run_dir / METRICS_FILE).stat().st_size):
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_progress(launcher, run_dir)
+        assert launcher.poll() is None, "the run ended before the test could act"
         os.kill(_worker_pid(rank=1), signal.SIGKILL)
         _, stderr = launcher.communicate(timeout=120)  # not hanging: everything exits
     finally:
@@ -211,10 +209,8 @@ def test_sigint_to_torchrun_stops_every_process_at_one_step_with_one_checkpoint(
                                                  "--set=checkpoint_every=100000", "--set=eval.every=100000"),
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ((run_dir / METRICS_FILE).exists() and (run_dir / METRICS_FILE).stat().st_size):
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
+        wait_for_progress(launcher, run_dir)
+        assert launcher.poll() is None, "the run ended before the test could act"
         launcher.send_signal(signal.SIGINT)  # torchrun passes it on to every process
         _, stderr = launcher.communicate(timeout=120)
     finally:

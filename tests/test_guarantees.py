@@ -14,7 +14,6 @@ import orjson
 import pytest
 import torch
 
-from params.tree import flatten
 from pipelines.training.checkpoint import read_train_state
 from pipelines.training.cli import main
 from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path

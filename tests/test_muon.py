@@ -24,7 +24,7 @@ from core.optim import (
 from core.train_state import init_train_state
 from core.tree import tree_leaves_by_path, tree_map
 from params.init import init_params
-from params.tree import flatten, unflatten
+from params.tree import flatten
 from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
 from pipelines.training.config import resolve_config
 from pipelines.training.optimizer import make_optimizer, make_schedule

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import torch
 
 from core.accounting import training_step_flops
@@ -22,7 +21,6 @@ from core.stacked_train_state import StackedTrainState, stack_states
 from core.stacked_train_step import StackedLoss, StackedTrainStep, make_stacked_loss, make_stacked_train_step
 from core.train_step import Autocast
 from params.init import count_params, init_params
-from pipelines.training.atomic import remove_stale_temporaries, write_atomic
 from pipelines.training.checkpoint import load_train_state, read_train_state
 from pipelines.training.config import TrainConfig
 from pipelines.training.data import get_batch, step_generator
@@ -33,9 +31,10 @@ from pipelines.training.metrics import MetricsLog
 from pipelines.training.optimizer import make_optimizer
 from pipelines.training.peak import peak_flops
 from pipelines.training.prepare import TrainingData, open_training_data, with_run_tokenizer
-from pipelines.training.run_dir import CONFIG_FILE, TOKENIZER_DIR, checkpoint_path
-from pipelines.training.run_lock import RunLock, check_run_dir_free, lock_run_dir
+from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
+from pipelines.training.run_lock import RunLock, check_run_dir_free
 from pipelines.training.stackable import why_not_stackable
+from pipelines.training.start import take_run_dir
 from pipelines.training.stacked_optimizer import make_stacked_optimizer
 
 # On the CPU, vmap runs torch's fused attention kernel once per variant (it has no batching rule
@@ -98,7 +97,7 @@ def start_group(configs: Sequence[TrainConfig]) -> tuple[GroupRun, StackedTrainS
     locks: list[RunLock] = []
     try:
         for config in configs:
-            locks.append(_take_run_dir(config))
+            locks.append(take_run_dir(config))
         data = with_run_tokenizer(data, Path(configs[0].run_dir), configs[0].model.vocab_size)
         for config in configs[1:]:
             with_run_tokenizer(data, Path(config.run_dir), config.model.vocab_size)  # each run its own copy
@@ -131,15 +130,6 @@ def _open_data(configs: tuple[TrainConfig, ...], saved: list[dict | None]) -> Tr
     if len(recorded) > 1:
         raise ValueError(f"the checkpoints of {[c.run_dir for c in configs]} record different tokenizers; resume them one by one")
     return data
-
-
-def _take_run_dir(config: TrainConfig) -> RunLock:
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = lock_run_dir(run_dir)
-    remove_stale_temporaries(run_dir)  # debris of a killed writer; the lock says none is alive
-    write_atomic(run_dir / CONFIG_FILE, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
-    return lock
 
 
 def _build_group(

@@ -47,7 +47,7 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     checked = _on_main_first(processes, lambda: _check_before_work(config, resume, device))
     # The others open what the main process checked (and cached), while it takes the run directory.
     saved, data, wandb = checked if processes.main else _check_before_work(config, resume, device, main=False)
-    lock = _on_main_first(processes, lambda: _take_run_dir(config))
+    lock = _on_main_first(processes, lambda: take_run_dir(config))
     try:
         data = with_run_tokenizer(data, Path(config.run_dir), config.model.vocab_size)
         return _build_run(config, device, processes, saved, data, wandb, lock)
@@ -101,7 +101,8 @@ def _check_before_work(
     return saved, data, wandb
 
 
-def _take_run_dir(config: TrainConfig) -> RunLock:
+def take_run_dir(config: TrainConfig) -> RunLock:
+    """Create and lock the run directory, clear a killed writer's temporaries, write config.json."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(run_dir)
