@@ -67,9 +67,8 @@ def test_variant_names_must_be_plain_folder_names(spec):
 
 def test_a_variant_named_outside_the_sweep_is_refused_before_any_run(tmp_path, data_dir, capsys):
     out = tmp_path / "a" / "b" / "sweep"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^error: .*'../../x' is not a plain folder name"):
         main(["tinystories/cpu-small", "--variant", "../../x:schedule.lr=1e-3", "--set", f"data.path={data_dir}", "--out", str(out)])
-    assert "'../../x' is not a plain folder name" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # neither the sweep nor a/x, where the run would have gone
 
 

@@ -16,6 +16,7 @@ XL batch in 80 GB and the A100 estimate. The formulas are in core/accounting.py.
 """
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         budget = args.budget_hours or (target.hours if target else None)
         print(config_report(config, args.max_steps or steps, args.batch_size or batch, peak, mfu, chip, budget, muon))
     except ValueError as error:
-        parser.error(str(error))
+        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
 
 
 def chip_peak(chip: str) -> float:

@@ -18,6 +18,7 @@ by its own command.
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         markers(args.section)  # a bad name fails before any work
         write_log(args.out, log_section(args.sweeps, args.out, args.figures), args.section)
     except (OSError, ValueError) as error:
-        parser.error(str(error))
+        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
     print(f"updated {args.out} ({len(args.sweeps)} sweeps; figures in {args.figures})")
 
 

@@ -7,6 +7,7 @@ training loss a thin line and its validation loss a thicker line with markers. R
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         path = plot_runs(args.runs, out, args.labels, args.title)
     except (ValueError, OSError) as error:
-        parser.error(str(error))
+        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
     print(f"wrote {path}")
 
 

@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads, vmap=args.vmap)
     except (ValueError, OSError) as error:
-        arguments.error(str(error))
+        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
     print(markdown_table(rows))
     print(f"wrote {out / SWEEP_SUMMARY_MD}, {out / SWEEP_SUMMARY_JSON} and {out / SWEEP_CURVES}")
 

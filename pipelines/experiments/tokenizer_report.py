@@ -17,6 +17,7 @@ import math
 import os
 import random
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         print(report(args.data, args.cache or cache_dir() / "tokenizer-report", args.samples, args.seed))
     except (OSError, ValueError) as error:
-        parser.error(str(error))
+        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
 
 
 if __name__ == "__main__":
