@@ -11,15 +11,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
-from params.init import count_params
-from pipelines.training.atomic import write_atomic
-from pipelines.training.config import TrainConfig
-from pipelines.training.run_dir import SUMMARY_FILE, checkpoint_path
-from pipelines.training.samples import write_samples
-from pipelines.training.prepare import TrainingData
 from core.tree import Tree
+from pipelines.training.config import TrainConfig
+from pipelines.training.prepare import TrainingData
+from pipelines.training.run_dir import checkpoint_path
+from pipelines.training.samples import write_samples
+from pipelines.training.summary import run_summary, write_summary
 
 
 @dataclass(frozen=True)
@@ -60,26 +57,12 @@ def finish_variant(config: TrainConfig, progress: VariantProgress, params: Tree,
     """summary.json for the variant; samples from `params` (its final parameters) if it completed."""
     outcome = progress.outcome
     assert outcome is not None, "finish_variant: the variant is still training"
-    tokens_per_step = config.data.batch_size * config.model.context_length
-
-    def rate(per_step: float) -> float | None:
-        return None if outcome.steps_per_s is None else outcome.steps_per_s * per_step
-
-    summary = {
-        "status": outcome.status,
-        "step": outcome.step,
-        "tokens": outcome.step * tokens_per_step,
-        "wall": outcome.elapsed,
-        "train_loss": progress.train_loss,
-        "val_loss": progress.val_loss,
-        "tokens_per_s": rate(tokens_per_step),
-        "flops_per_s": rate(flops_per_step),
-        "mfu": rate(flops_per_step / peak),
-        "parameters": count_params(config.model),
-        "message": outcome.message,
-    }
+    summary = run_summary(
+        outcome.status, outcome.step, outcome.elapsed, progress.train_loss, progress.val_loss, outcome.steps_per_s,
+        config.data.batch_size * config.model.context_length, flops_per_step, peak, config.model, outcome.message,
+    )
     run_dir = Path(config.run_dir)
-    write_atomic(run_dir / SUMMARY_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    write_summary(run_dir, summary)
     print(f"{run_dir.name}: {outcome.message}", file=sys.stderr)
     if outcome.status == "completed" and data.tokenizer is not None and config.sample.count:
         write_samples(run_dir, params, config, data.tokenizer)

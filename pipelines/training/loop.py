@@ -26,22 +26,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import torch
 from tqdm import tqdm
 
 from core.gns import NoiseScale, two_batch_estimates
 from core.train_state import TrainState
 from core.train_step import Metrics
-from params.init import count_params
-from pipelines.training.atomic import write_atomic
 from pipelines.training.clock import Clock, is_boundary
 from pipelines.training.config import TrainConfig
 from pipelines.training.distributed import any_process, stop_processes
 from pipelines.training.evaluate import evaluate
 from pipelines.training.run import Outcome, Run
-from pipelines.training.run_dir import FINAL, SUMMARY_FILE, LAST, checkpoint_path
+from pipelines.training.run_dir import FINAL, LAST, checkpoint_path
 from pipelines.training.samples import write_samples
+from pipelines.training.summary import run_summary, write_summary
 from pipelines.training.signals import StopFlag, stop_on_signals
 from pipelines.training.start import start
 
@@ -186,27 +184,13 @@ def _log_validation(run: Run, state: TrainState, bar: tqdm) -> float:
 def finish(run: Run, outcome: Outcome) -> dict:
     """summary.json for every run; samples for a completed one (written by the main process)."""
     state, config = outcome.state, run.config
-    tokens_per_step = run.tokens_per_step
-
-    def rate(per_step: float) -> float | None:
-        return None if outcome.steps_per_s is None else outcome.steps_per_s * per_step
-
-    summary = {
-        "status": outcome.status,
-        "step": state.step,
-        "tokens": state.step * tokens_per_step,
-        "wall": state.elapsed,
-        "train_loss": outcome.train_loss,
-        "val_loss": outcome.val_loss,
-        "tokens_per_s": rate(tokens_per_step),
-        "flops_per_s": rate(run.flops_per_step),
-        "mfu": rate(run.flops_per_step / run.peak_flops),
-        "parameters": count_params(config.model),
-        "message": outcome.message,
-    }
+    summary = run_summary(
+        outcome.status, state.step, state.elapsed, outcome.train_loss, outcome.val_loss, outcome.steps_per_s,
+        run.tokens_per_step, run.flops_per_step, run.peak_flops, config.model, outcome.message,
+    )
     if not run.processes.main:
         return summary
-    write_atomic(run.run_dir / SUMMARY_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    write_summary(run.run_dir, summary)
     print(outcome.message, file=sys.stderr)
     if outcome.status == "completed" and run.data.tokenizer is not None and config.sample.count:
         write_samples(run.run_dir, state.params, config, run.data.tokenizer)
