@@ -65,6 +65,15 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+def scaled(leaves: list[Tensor], spec: Any, factors: Any, donate: bool) -> Tree:
+    """The updates `leaves` (of structure `spec`) times `factors` (a number or tensor for all of
+    them, or one per leaf): in place when donated, else as new tensors."""
+    if donate:
+        torch._foreach_mul_(leaves, factors)
+        return tree_unflatten(leaves, spec)
+    return tree_unflatten(list(torch._foreach_mul(leaves, factors)), spec)
+
+
 def set_to_zero() -> GradientTransformation:
     """Zero updates, no state (optax's set_to_zero): freezes the leaves it is given, e.g. through
     `partition`, or leaves another process updates."""

@@ -4,8 +4,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from core.optim.base import EmptyState, GradientTransformation, global_norm
-from core.tree import Tree, tree_flatten, tree_unflatten
+from core.optim.base import EmptyState, GradientTransformation, global_norm, scaled
+from core.tree import Tree, tree_flatten
 
 
 def clip_scale(norm: Float[Tensor, ""], max_norm: float, eps: float = 1e-6) -> Float[Tensor, ""]:
@@ -31,10 +31,6 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
         leaves, spec = tree_flatten(updates)
         if not leaves:
             return updates, state
-        scale = clip_scale(global_norm(leaves), max_norm, eps)
-        if donate:
-            torch._foreach_mul_(leaves, scale)
-            return updates, state
-        return tree_unflatten(list(torch._foreach_mul(leaves, scale)), spec), state
+        return scaled(leaves, spec, clip_scale(global_norm(leaves), max_norm, eps), donate), state
 
     return GradientTransformation(init, update)

@@ -3,10 +3,8 @@
 from collections.abc import Callable
 from typing import NamedTuple
 
-import torch
-
-from core.optim.base import GradientTransformation
-from core.tree import Tree, tree_flatten, tree_unflatten
+from core.optim.base import GradientTransformation, scaled
+from core.tree import Tree, tree_flatten
 
 Schedule = Callable[[int], float]
 
@@ -32,9 +30,6 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransform
         new_state = ScaleByLearningRateState(state.count + 1)
         if not leaves:
             return updates, new_state
-        if donate:
-            torch._foreach_mul_(leaves, -lr)
-            return updates, new_state
-        return tree_unflatten(list(torch._foreach_mul(leaves, -lr)), spec), new_state
+        return scaled(leaves, spec, -lr, donate), new_state
 
     return GradientTransformation(init, update)

@@ -2,9 +2,9 @@
 
 import torch
 
-from core.optim.base import EmptyState, GradientTransformation
+from core.optim.base import EmptyState, GradientTransformation, scaled
 from core.optim.stacked import VariantValues, per_variant, stacked_global_norm
-from core.tree import Tree, tree_flatten, tree_unflatten
+from core.tree import Tree, tree_flatten
 
 
 def stacked_clip_by_global_norm(max_norm: VariantValues, eps: float = 1e-6) -> GradientTransformation:
@@ -23,11 +23,7 @@ def stacked_clip_by_global_norm(max_norm: VariantValues, eps: float = 1e-6) -> G
             return updates, state
         norm = stacked_global_norm(leaves)
         scale = stacked_clip_scale(norm, max_norm.to(norm), eps)
-        factors = per_variant(scale, leaves)
-        if donate:
-            torch._foreach_mul_(leaves, factors)
-            return updates, state
-        return tree_unflatten(list(torch._foreach_mul(leaves, factors)), spec), state
+        return scaled(leaves, spec, per_variant(scale, leaves), donate), state
 
     return GradientTransformation(init, update)
 

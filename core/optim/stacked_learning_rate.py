@@ -3,12 +3,10 @@ on its own schedule."""
 
 from collections.abc import Callable
 
-import torch
-
-from core.optim.base import GradientTransformation
+from core.optim.base import GradientTransformation, scaled
 from core.optim.learning_rate import ScaleByLearningRateState
 from core.optim.stacked import VariantValues, per_variant
-from core.tree import Tree, tree_flatten, tree_unflatten
+from core.tree import Tree, tree_flatten
 
 StackedSchedule = Callable[[int], VariantValues]  # step -> (K,) learning rates (core/stacked_schedule.py)
 
@@ -29,10 +27,6 @@ def stacked_scale_by_learning_rate(learning_rate: VariantValues | StackedSchedul
         new_state = ScaleByLearningRateState(state.count + 1)
         if not leaves:
             return updates, new_state
-        factors = per_variant(-lr, leaves)
-        if donate:
-            torch._foreach_mul_(leaves, factors)
-            return updates, new_state
-        return tree_unflatten(list(torch._foreach_mul(leaves, factors)), spec), new_state
+        return scaled(leaves, spec, per_variant(-lr, leaves), donate), new_state
 
     return GradientTransformation(init, update)
