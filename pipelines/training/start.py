@@ -43,7 +43,8 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     processes, device = start_processes(require_device(config.device), config.timeout_s)
     if config.gns:
         config.gns_batch_sizes(processes.world)  # refused here, before any work, without two sizes
-    config = _on_main_first(processes, lambda: _with_run_dir(config))
+    # The run directory's default name has the time in it: the main process's name for everyone.
+    config = broadcast_object(_on_main_first(processes, lambda: _with_run_dir(config)), processes)
     checked = _on_main_first(processes, lambda: _check_before_work(config, resume, device))
     # The others open what the main process checked (and cached), while it takes the run directory.
     saved, data, wandb = checked if processes.main else _check_before_work(config, resume, device, main=False)
@@ -58,8 +59,8 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
 
 
 def _on_main_first(processes: Processes, work):
-    """`work()` on the main process, its error raised on every process, then a value to the
-    others: the main process's result when it is picklable config, else None."""
+    """`work()`'s result on the main process (None on the others), after which every process
+    raises the error it raised, if any: no process is left waiting for one that failed."""
     result, error = None, None
     if processes.main:
         try:
@@ -71,8 +72,7 @@ def _on_main_first(processes: Processes, work):
         raise error
     if message is not None:
         raise ValueError(message)
-    shared = broadcast_object(result if isinstance(result, TrainConfig) else None, processes)
-    return result if processes.main else shared
+    return result
 
 
 def _with_run_dir(config: TrainConfig) -> TrainConfig:
