@@ -2,7 +2,7 @@
 gradient all-reduce overlapped with the backward pass or not.
 
 Each variant takes training steps of the trainer's pure step (donated AdamW with clipping) on
-`--batch` rows per process; two processes average their gradients with pipelines/training/grad_sync.py.
+`--batch` rows per process; two processes average their gradients with pipelines/training/distributed/grad_sync.py.
 Prints tokens/s of the global batch, the speed-up over one process on one thread, and the share of
 step time the processes spent blocked on the all-reduce. One process on two threads is shown too:
 it is what two cores give without data parallelism.
@@ -28,7 +28,7 @@ from core.train_state import init_train_state
 from core.train_step import make_train_step
 from core.tree import tree_leaves
 from params.init import init_params
-from pipelines.training.grad_sync import BucketedGradSync
+from pipelines.training.distributed.grad_sync import BucketedGradSync
 
 
 def timed_steps(config: ModelConfig, batch: int, steps: int, sync: bool, overlap: bool, bucket_mb: float, rank: int) -> tuple[float, float]:

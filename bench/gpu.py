@@ -25,8 +25,8 @@ from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
 from params.init import init_params
-from pipelines.training.data import get_batch, step_generator
-from pipelines.training.peak import peak_flops
+from pipelines.training.data.batches import get_batch, step_generator
+from pipelines.training.hardware.peak import peak_flops
 
 VARIANTS = ("pure step, eager", "peer, eager", "pure step, compiled", "peer, compiled")
 TINY = {"vocab_size": 128, "context_length": 32, "d_model": 32, "num_layers": 2, "num_heads": 2}

@@ -16,7 +16,7 @@ other. Prints, for each model width, the tokens per second of each arrangement (
 together) and its speed against the best sequential one (above 1.0: faster). Setup is excluded
 (model initialisation, one warm-up step per run, process start); each figure is the median of
 --repeats rounds in which the arrangements take turns. Every process keeps its freed memory
-(pipelines/training/malloc.py, as a vectorised sweep on the CPU does) unless --malloc-default.
+(pipelines/training/hardware/malloc.py, as a vectorised sweep on the CPU does) unless --malloc-default.
 
     just bench sweep                                  # d_model 64, 128, 256: minutes (see README)
     just bench sweep --d-models 32,64 --batch 4 --context 64 --steps 20
@@ -48,8 +48,8 @@ from core.stacked_train_step import make_stacked_train_step
 from core.train_state import init_train_state
 from core.train_step import make_train_step
 from params.init import init_params
-from pipelines.training.data import get_batch, step_generator
-from pipelines.training.malloc import keep_freed_memory
+from pipelines.training.data.batches import get_batch, step_generator
+from pipelines.training.hardware.malloc import keep_freed_memory
 
 VARIANTS, WARMUP, DECAY = 8, 10, 1000
 VECTORISED, SEQUENTIAL, JOBS = "vectorised (vmap), 1 process", "sequential, 1 process", "sequential, 2 jobs x 1 thread"

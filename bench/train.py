@@ -30,7 +30,7 @@ from bench.common import SHAPES, peak_memory_rise, peer_step_fn, print_speed_tab
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
-from pipelines.training.peak import measured_matmul_flops
+from pipelines.training.hardware.peak import measured_matmul_flops
 from params.init import init_params
 
 EAGER_PEER, COMPILED_PEER = "peer: nn.Module + torch.optim.AdamW, eager", "peer: nn.Module + torch.optim.AdamW, compiled"

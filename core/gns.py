@@ -13,7 +13,7 @@ ratio would be biased, so we keep an exponential moving average of each and divi
 as gpt-neox does. The averages start at zero and are divided by 1 − β^n (as Adam's moments), so
 the first steps are plain means rather than one step's noise.
 
-The trainer (`--gns true`, pipelines/training/loop.py) takes B_small = one micro-batch and B_big =
+The trainer (`--gns true`, pipelines/training/run/loop.py) takes B_small = one micro-batch and B_big =
 the whole step's batch over every micro-batch and process: the step already computes both
 gradients, and pays one extra squared norm per micro-batch.
 """

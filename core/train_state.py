@@ -2,7 +2,7 @@
 
 The step function returns a new TrainState, a checkpoint saves one, resume loads one. Nothing in it
 is a live object: the data order comes from `rng`, a key from which each step's batch generator
-is seeded (see pipelines/training/data.py), so no generator state needs saving."""
+is seeded (see pipelines/training/data/batches.py), so no generator state needs saving."""
 
 from dataclasses import dataclass, replace
 from typing import Any

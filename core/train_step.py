@@ -13,7 +13,7 @@ checks that the loss and gradient norm are finite and applies nothing when they 
 
 Gradient accumulation (`accumulate=K`): the batch's rows are K micro-batches in order; their
 gradients are summed and averaged, so the update equals one step on the whole batch. Data
-parallelism plugs in as a `GradSync` (pipelines/training/grad_sync.py): it averages the summed
+parallelism plugs in as a `GradSync` (pipelines/training/distributed/grad_sync.py): it averages the summed
 gradients and losses across processes, starting while the last micro-batch's backward still runs
 when the gradients come from autograd (a hook per leaf), after it otherwise.
 

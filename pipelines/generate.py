@@ -18,10 +18,10 @@ from core.sampling import generate
 from core.tokenizer import Tokenizer
 from core.tree import Tree
 from params.load import load_params
-from pipelines.training.checkpoint import read_train_state
-from pipelines.training.device_check import require_device
+from pipelines.training.storage.checkpoint import read_train_state
+from pipelines.training.hardware.device_check import require_device
 from pipelines.tokenizer.store import load_tokenizer
-from pipelines.training.run_dir import TOKENIZER_DIR, checkpoint_path
+from pipelines.training.storage.run_dir import TOKENIZER_DIR, checkpoint_path
 
 EOS = "<|endoftext|>"
 

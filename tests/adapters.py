@@ -22,8 +22,8 @@ from params.clip import clip_grad_norm_
 from params.load import load_params
 from params.optimizer import AdamW
 from params.tree import unflatten
-from pipelines.training.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.training.data import get_batch
+from pipelines.training.storage.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.training.data.batches import get_batch
 from pipelines.tokenizer.train import train_bpe
 
 

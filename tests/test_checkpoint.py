@@ -18,9 +18,10 @@ from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten, unflatten
 from params.optimizer import AdamW
-from pipelines.training import atomic, checkpoint
-from pipelines.training.atomic import remove_stale_temporaries
-from pipelines.training.checkpoint import (
+from pipelines.files import atomic
+from pipelines.training.storage import checkpoint
+from pipelines.files.atomic import remove_stale_temporaries
+from pipelines.training.storage.checkpoint import (
     CheckpointWriteError,
     load_checkpoint,
     load_train_state,
@@ -183,7 +184,7 @@ def test_an_io_error_at_fsync_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
 _KILLED_MID_SAVE = """
 import sys, time, torch
-from pipelines.training import checkpoint
+from pipelines.training.storage import checkpoint
 model = torch.nn.Linear(64, 64)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 checkpoint.save_checkpoint(model, optimizer, 1, sys.argv[1])

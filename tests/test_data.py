@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.training.data import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
+from pipelines.training.data.batches import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
 
 from .inputs import check_batches
 
@@ -55,7 +55,7 @@ def test_check_tokens_names_the_file_id_and_position(tmp_path):
 
 
 def test_check_tokens_scans_every_chunk(monkeypatch):
-    monkeypatch.setattr("pipelines.training.data.CHECK_CHUNK", 7)
+    monkeypatch.setattr("pipelines.training.data.batches.CHECK_CHUNK", 7)
     tokens = np.zeros(100, dtype=np.int32)
     tokens[93] = 12
     with pytest.raises(ValueError, match="token id 12 at position 93"):

@@ -13,8 +13,8 @@ from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 from pipelines.training.cli import main
-from pipelines.training.config import TrainConfig, resolve_config
-from pipelines.training.prepare import open_training_data
+from pipelines.training.config.config import TrainConfig, resolve_config
+from pipelines.training.data.prepare import open_training_data
 
 EOT = "<|endoftext|>"
 FIRST = "Once upon a time there was a cat. The cat liked to play with a ball.\n" + EOT + "\n"

@@ -21,15 +21,15 @@ from core.train_state import init_train_state
 from core.train_step import make_train_step
 from core.tree import tree_leaves
 from params.init import init_params
-from pipelines.training.checkpoint import read_train_state
-from pipelines.training.config import with_overrides
-from pipelines.training.distributed import Processes
-from pipelines.training.grad_sync import BucketedGradSync
-from pipelines.training.loop import train
-from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
-from pipelines.training.optimizer import make_optimizer
-from pipelines.training.sharding import Sharding
-from pipelines.training.start import _first_state
+from pipelines.training.storage.checkpoint import read_train_state
+from pipelines.training.config.config import with_overrides
+from pipelines.training.distributed.processes import Processes
+from pipelines.training.distributed.grad_sync import BucketedGradSync
+from pipelines.training.run.loop import train
+from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.config.optimizer import make_optimizer
+from pipelines.training.distributed.sharding import Sharding
+from pipelines.training.run.start import _first_state
 from tests.test_guarantees import wait_for_progress
 from tests.test_train import TINY, tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
 

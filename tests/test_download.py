@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from pipelines.training import cli
-from pipelines.training import download as dl
-from pipelines.training.prepare import find_split
-from pipelines.training.presets import PRESETS
+from pipelines.training.data.batches import download as dl
+from pipelines.training.data.prepare import find_split
+from pipelines.training.config.presets import PRESETS
 
 END = b"<|endoftext|>"
 TIMEOUT = 5.0

@@ -14,12 +14,12 @@ from core.train_state import init_train_state
 from params.init import init_params
 from pipelines.generate import generate_text, main
 from pipelines.tokenizer.store import save_tokenizer
-from pipelines.training.checkpoint import read_train_state, save_train_state
-from pipelines.training.device_check import require_device
-from pipelines.training.loop import train
-from pipelines.training.config import resolve_config
-from pipelines.training.optimizer import make_optimizer
-from pipelines.training.run_dir import checkpoint_path
+from pipelines.training.storage.checkpoint import read_train_state, save_train_state
+from pipelines.training.hardware.device_check import require_device
+from pipelines.training.run.loop import train
+from pipelines.training.config.config import resolve_config
+from pipelines.training.config.optimizer import make_optimizer
+from pipelines.training.storage.run_dir import checkpoint_path
 
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
 

@@ -19,7 +19,7 @@ from core.tree import tree_leaves
 from params.init import init_params
 from pipelines.experiments.plot import plot_runs
 from pipelines.training.cli import main
-from pipelines.training.metrics import read_metrics
+from pipelines.training.storage.metrics import read_metrics
 from tests.test_distributed import ROOT, torchrun_command
 from tests.test_train import TINY, token_dir  # noqa: F401  (token_dir: a fixture)
 

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import torch
 
-from pipelines.training.checkpoint import read_train_state
+from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.cli import main
-from pipelines.training.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
 from tests.test_train import TINY, token_dir  # noqa: F401  (token_dir: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ from params.init import init_params
 from pipelines.experiments import accounting, experiment_log
 from pipelines.experiments.split_text import split_text
 from pipelines.training import cli
-from pipelines.training import download as dl
-from pipelines.training.config import resolve_config
-from pipelines.training.optimizer import make_schedule
-from pipelines.training.prepare import find_split
-from pipelines.training.presets import LEADERBOARD_TARGET, PRESETS
+from pipelines.training.data.batches import download as dl
+from pipelines.training.config.config import resolve_config
+from pipelines.training.config.optimizer import make_schedule
+from pipelines.training.data.prepare import find_split
+from pipelines.training.config.presets import LEADERBOARD_TARGET, PRESETS
 from tests.test_download import Server, cut, files_under, handler_for, refused_url  # noqa: F401  (fixture)
 
 OWT_TRAIN = b"".join(f"Web page {i}.{' Some words here.' * (i % 41)}\n<|endoftext|>\n".encode() for i in range(20_000))

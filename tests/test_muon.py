@@ -25,9 +25,9 @@ from core.train_state import init_train_state
 from core.tree import tree_leaves_by_path, tree_map
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training.checkpoint import load_train_state, read_train_state, save_train_state
-from pipelines.training.config import resolve_config
-from pipelines.training.optimizer import make_optimizer, make_schedule
+from pipelines.training.storage.checkpoint import load_train_state, read_train_state, save_train_state
+from pipelines.training.config.config import resolve_config
+from pipelines.training.config.optimizer import make_optimizer, make_schedule
 
 A, B, C = 3.4445, -4.7750, 2.0315
 SHAPES = {"tall": (12, 5), "wide": (5, 12), "square": (7, 7)}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pipelines.training import peak
-from pipelines.training.peak import datasheet_peak, measured_matmul_flops, peak_flops
+from pipelines.training.hardware import peak
+from pipelines.training.hardware.peak import datasheet_peak, measured_matmul_flops, peak_flops
 
 
 @pytest.mark.parametrize(

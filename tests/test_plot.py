@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from pipelines.training.metrics import MetricsLog, read_metrics
+from pipelines.training.storage.metrics import MetricsLog, read_metrics
 from pipelines.experiments.plot import main, plot_runs
 
 

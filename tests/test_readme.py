@@ -7,7 +7,7 @@ from pathlib import Path
 from pipelines.experiments import sweep
 from pipelines.experiments.sweep import make_variants
 from pipelines.training import cli
-from pipelines.training.config import parse_overrides
+from pipelines.training.config.config import parse_overrides
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -3,9 +3,9 @@
 import orjson
 import pytest
 
-from pipelines.training import atomic
-from pipelines.training.atomic import remove_stale_temporaries, write_atomic
-from pipelines.training.metrics import MetricsLog, read_metrics, repair_metrics
+from pipelines.files import atomic
+from pipelines.files.atomic import remove_stale_temporaries, write_atomic
+from pipelines.training.storage.metrics import MetricsLog, read_metrics, repair_metrics
 
 ROWS = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.5}]
 WHOLE = b"".join(orjson.dumps(row) + b"\n" for row in ROWS)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.training.run_dir import LOCK_FILE
-from pipelines.training.run_lock import RunDirBusy, check_run_dir_free, lock_run_dir
+from pipelines.training.storage.run_dir import LOCK_FILE
+from pipelines.training.storage.run_lock import RunDirBusy, check_run_dir_free, lock_run_dir
 
 _HOLD = """
 import sys, time
-from pipelines.training.run_lock import lock_run_dir
+from pipelines.training.storage.run_lock import lock_run_dir
 lock = lock_run_dir(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)

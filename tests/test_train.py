@@ -22,15 +22,17 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training import download, run as run_module, start as start_module
-from pipelines.training.checkpoint import load_train_state, read_train_state
+from pipelines.training.data.batches import download
+from pipelines.training.run.run import run as run_module
+from pipelines.training.run.run import start as start_module
+from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.cli import main
-from pipelines.training.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
-from pipelines.training.loop import train
-from pipelines.training.metrics import read_metrics
-from pipelines.training.optimizer import make_optimizer
-from pipelines.training.presets import preset_for_device
-from pipelines.training.run_dir import checkpoint_path
+from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
+from pipelines.training.run.loop import train
+from pipelines.training.storage.metrics import read_metrics
+from pipelines.training.config.optimizer import make_optimizer
+from pipelines.training.config.presets import preset_for_device
+from pipelines.training.storage.run_dir import checkpoint_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {

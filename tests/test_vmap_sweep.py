@@ -2,7 +2,7 @@
 runs trained alone, and leave the same run directories.
 
 The stacked optimizer against K sequential ones; the stacked schedule against cosine_schedule;
-then whole sweeps on a tiny model and synthetic tokens: vmapped against pipelines.training.loop.train
+then whole sweeps on a tiny model and synthetic tokens: vmapped against pipelines.training.run.loop.train
 with the same seeds and hyperparameters (one variant diverging), interrupted by SIGINT and
 resumed, and the fallback to sequential runs for variants that change shapes."""
 
@@ -33,12 +33,12 @@ from pipelines.experiments import sweep as sweep_module
 from pipelines.experiments.sweep import Variant, main, make_variants, resolve_variant
 from pipelines.generate import load_run
 from pipelines.tokenizer.store import save_tokenizer
-from pipelines.training.checkpoint import load_train_state, read_train_state
-from pipelines.training.loop import train
-from pipelines.training.metrics import read_metrics
-from pipelines.training.optimizer import make_optimizer
-from pipelines.training.run_dir import FINAL, checkpoint_path
-from pipelines.training.stackable import why_not_stackable
+from pipelines.training.storage.checkpoint import load_train_state, read_train_state
+from pipelines.training.run.loop import train
+from pipelines.training.storage.metrics import read_metrics
+from pipelines.training.config.optimizer import make_optimizer
+from pipelines.training.storage.run_dir import FINAL, checkpoint_path
+from pipelines.training.config.stackable import why_not_stackable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -37,9 +37,9 @@ from core.accounting import (
     training_step_flops,
 )
 from core.config import ModelConfig
-from pipelines.training.config import parse_overrides, resolve_config
-from pipelines.training.peak import datasheet_peak
-from pipelines.training.presets import PRESETS, TARGETS
+from pipelines.training.config.config import parse_overrides, resolve_config
+from pipelines.training.hardware.peak import datasheet_peak
+from pipelines.training.config.presets import PRESETS, TARGETS
 
 VOCAB, CONTEXT = 50_257, 1_024
 GPT2 = {  # (num_layers, d_model, num_heads), handout §3.6 problem (transformer_accounting)
@@ -225,13 +225,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m pipelines.experiments.accounting", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/presets.py, e.g. tinystories/baseline")
+    parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/config/presets.py, e.g. tinystories/baseline")
     for field in fields(ModelConfig):  # the trainer's names for the same settings
         parser.add_argument(f"--model.{field.name}", dest=field.name, default=None, metavar="VALUE")
     parser.add_argument("--max_steps", type=int, help="training steps (default: the preset's, or 10,000)")
     parser.add_argument("--data.batch_size", dest="batch_size", type=int, help="sequences per step (default: the preset's, or 1)")
     parser.add_argument("--peak-flops", type=float, help="chip peak FLOP/s (default: --chip's, else A100 fp32, 19.5e12)")
-    parser.add_argument("--chip", help="a GPU by name (H100, A100, ...): its dense bf16 peak (pipelines/training/peak.py)")
+    parser.add_argument("--chip", help="a GPU by name (H100, A100, ...): its dense bf16 peak (pipelines/training/hardware/peak.py)")
     parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the preset's target, else 0.5)")
     parser.add_argument("--budget-hours", type=float, help="a time budget to check (default: the preset's target)")
     args = parser.parse_args(argv)

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from pipelines.training.metrics import read_metrics
-from pipelines.training.run_dir import METRICS_FILE, SAMPLES_FILE
+from pipelines.training.storage.metrics import read_metrics
+from pipelines.training.storage.run_dir import METRICS_FILE, SAMPLES_FILE
 from pipelines.experiments.sweep import SWEEP_SUMMARY_JSON, markdown_table, summarize_run
 
 START, END = "<!-- experiment-log:start -->", "<!-- experiment-log:end -->"

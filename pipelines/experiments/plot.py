@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.training.metrics import read_metrics
-from pipelines.training.run_dir import PLOT_FILE
+from pipelines.training.storage.metrics import read_metrics
+from pipelines.training.storage.run_dir import PLOT_FILE
 
 
 def plot_runs(

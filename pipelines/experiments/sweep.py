@@ -9,7 +9,7 @@ every `--vary NAME=V1,V2,...` (cartesian product), times every `--variant`: assi
 by `+`, or `base` for none, optionally prefixed by a run-directory name without "=" (`DIR:N=V+N=V`).
 Run-directory names are plain folder names (no '/', not '..'), so every run stays under the sweep directory.
 `--set NAME=VALUE` applies to them all. NAME is a setting's dotted name, as for the trainer
-(`schedule.lr`, `model.norm`, `data.batch_size`; pipelines/training/config.py).
+(`schedule.lr`, `model.norm`, `data.batch_size`; pipelines/training/config/config.py).
 
 Each variant trains in a subprocess (`python -m pipelines.training.cli`) in its own run directory under
 the sweep directory, so a crash or a divergence ends that run only, and several can run side by
@@ -40,9 +40,9 @@ from typing import Any
 import orjson
 
 from pipelines.experiments.vmap_sweep import train_stacked
-from pipelines.training.metrics import read_metrics
-from pipelines.training.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
-from pipelines.training.config import TrainConfig, parse_overrides, resolve_config
+from pipelines.training.storage.metrics import read_metrics
+from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
+from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
 FINISHED = ("completed", "diverged")

@@ -26,8 +26,8 @@ from pathlib import Path
 import orjson
 
 from core.tokenizer import Tokenizer
-from pipelines.training.download import cache_dir
-from pipelines.training.prepare import SPECIAL_TOKENS, file_key
+from pipelines.training.data.download import cache_dir
+from pipelines.training.data.prepare import SPECIAL_TOKENS, file_key
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import SERIAL_BELOW, count_file, default_workers, train_tokenizer
 

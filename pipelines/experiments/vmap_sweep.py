@@ -1,9 +1,9 @@
 """`just sweep CONFIG --vary schedule.lr=1e-4,1e-3 --vmap`: the sweep's variants trained in this
-process as stacked groups (pipelines/training/group_loop.py), K models in one batched computation,
+process as stacked groups (pipelines/training/run/group_loop.py), K models in one batched computation,
 instead of one subprocess per variant.
 
 Variants that cannot be stacked (they differ in shape or in a setting of the shared loop:
-pipelines/training/stackable.py) are trained one by one as without --vmap, after a one-line
+pipelines/training/config/stackable.py) are trained one by one as without --vmap, after a one-line
 notice. The run directories are those of a sequential sweep, so skipping finished variants and
 resuming interrupted ones work alike: the variants to resume are grouped by the step of their
 last checkpoint, and each group trains in lock-step from there.
@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import torch
 
-from pipelines.training.checkpoint import read_train_state
-from pipelines.training.config import TrainConfig
-from pipelines.training.group_loop import train_group
-from pipelines.training.run_dir import SWEEP_CONFIG_FILE, checkpoint_path
-from pipelines.training.stackable import why_not_stackable
+from pipelines.training.storage.checkpoint import read_train_state
+from pipelines.training.config.config import TrainConfig
+from pipelines.training.run.group_loop import train_group
+from pipelines.training.storage.run_dir import SWEEP_CONFIG_FILE, checkpoint_path
+from pipelines.training.config.stackable import why_not_stackable
 
 
 def train_stacked(configs: dict[str, TrainConfig], threads: int | None = None) -> bool:

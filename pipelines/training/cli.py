@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-from pipelines.training.config import TrainConfig, field_types, parse_overrides, resolve_config
-from pipelines.training.device import select_device
-from pipelines.training.distributed import launched_by_torchrun
-from pipelines.training.loop import run_training
-from pipelines.training.presets import preset_for_device
-from pipelines.training.run_dir import CONFIG_FILE
+from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config
+from pipelines.training.hardware.device import select_device
+from pipelines.training.distributed.processes import launched_by_torchrun
+from pipelines.training.run.loop import run_training
+from pipelines.training.config.presets import preset_for_device
+from pipelines.training.storage.run_dir import CONFIG_FILE
 
 EXIT_CODES = {"completed": 0, "interrupted": 130, "diverged": 1, "failed": 1}
 

@@ -1,0 +1,1 @@
+"""What a run is: its config dataclasses, the presets, and the optimizer a config describes."""

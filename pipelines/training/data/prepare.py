@@ -1,0 +1,152 @@
+"""From `--data.path DIR` to token files: find the splits, train the tokenizer and encode when needed.
+
+A data directory holds either encoded splits (`train.npy` / `valid.npy`, or any `*train*.npy` /
+`*valid*.npy`; a `tokenizer/` beside them is used for samples) or text (`train.txt` /
+`valid.txt`, `tinystories_train.txt`, `TinyStoriesV2-GPT4-valid.txt`, ...). Text is tokenized once
+into the cache ($LMKIT_CACHE, default ./cache): a tokenizer trained on the train split with the
+model's vocabulary size, and the encoded splits, keyed so a changed file or tokenizer is redone.
+Without it, the dataset (TinyStories-V2, or OpenWebText for `owt`) is downloaded into the cache
+(only the first data.train_mb MB of its training text when set).
+
+A resumed run reads its data with its own tokenizer: text is encoded with the run's copy (never a
+newly trained one), and data tied to another tokenizer is refused (pipelines/training/data/tokenizer_match.py).
+"""
+
+import hashlib
+import re
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from core.tokenizer import Tokenizer
+
+from pipelines.training.data.download import cache_dir, fetch_dataset
+from pipelines.tokenizer.encode import encode_file
+from pipelines.tokenizer.store import load_tokenizer
+from pipelines.training.config.config import TrainConfig
+from pipelines.training.data.batches import check_tokens, eval_starts, open_tokens
+from pipelines.training.storage.run_dir import TOKENIZER_DIR
+from pipelines.training.data.tokenizer_match import check_same_tokenizer
+from pipelines.tokenizer.train import train_tokenizer
+
+SPECIAL_TOKENS = ["<|endoftext|>"]
+SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "validation", "val")}
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    train: Path  # .npy token files
+    valid: Path
+    tokenizer: Path | None  # the directory that decodes them, when known
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    train: np.ndarray  # memory-mapped token ids
+    valid: np.ndarray
+    valid_starts: np.ndarray  # the fixed validation windows
+    tokenizer_source: Path | None  # the directory that decodes them, when known
+    tokenizer: Tokenizer | None = None  # the run's copy, once with_run_tokenizer has made it
+
+
+def open_training_data(config: TrainConfig, run_tokenizer: Path | None = None, recorded: str | None = None) -> TrainingData:
+    """Token files found or made, and checked against the vocabulary and the tokenizer: every error
+    about the data comes from here, before the run writes anything.
+
+    On resume, `run_tokenizer` is the run's own tokenizer folder (None when it has none) and
+    `recorded` the fingerprint its checkpoint stores (None when it stores none): text is encoded
+    with the run's tokenizer, and data, tokenizer and checkpoint that disagree are refused."""
+    files = prepare_data(config, run_tokenizer)
+    check_same_tokenizer(files.train, files.valid, files.tokenizer, run_tokenizer, recorded)
+    train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
+    for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
+        check_tokens(tokens, config.model.vocab_size, name=str(path))
+    starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval.windows)
+    return TrainingData(train_tokens, valid_tokens, starts, files.tokenizer)
+
+
+def with_run_tokenizer(data: TrainingData, run_dir: Path, vocab_size: int) -> TrainingData:
+    """The data with the run's own copy of its tokenizer (copied in when missing), so that the
+    run decodes on its own; a resumed run keeps the copy it has."""
+    if data.tokenizer_source is not None and not (run_dir / TOKENIZER_DIR).exists():
+        shutil.copytree(data.tokenizer_source, run_dir / TOKENIZER_DIR)
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR) if (run_dir / TOKENIZER_DIR).is_dir() else None
+    if tokenizer is not None and len(tokenizer.vocab) < vocab_size:
+        print(f"note: the tokenizer has {len(tokenizer.vocab)} tokens, fewer than vocab_size {vocab_size} "
+              "(its training text ran out of pairs to merge); the extra embedding rows stay untrained", file=sys.stderr)
+    return replace(data, tokenizer=tokenizer)
+
+
+def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> DataFiles:
+    """The token files (and tokenizer) of config.data: found, or made from text and cached. Text is
+    encoded with --data.tokenizer, else `run_tokenizer`, else one trained on the train split."""
+    data = config.data
+    source = Path(data.path) if data.path else fetch_dataset(config.dataset, cache_dir() / "data" / config.dataset, data.train_mb)
+    if not source.is_dir():
+        raise FileNotFoundError(f"--data.path {source} is not a directory")
+    tokenizer = Path(data.tokenizer) if data.tokenizer else None
+    if tokenizer is not None and not tokenizer.is_dir():
+        raise FileNotFoundError(f"--data.tokenizer {tokenizer} is not a directory")
+    train_npy, valid_npy = find_split(source, "train", ".npy"), find_split(source, "valid", ".npy")
+    if train_npy and valid_npy:
+        if tokenizer is None and (source / "tokenizer").is_dir():
+            tokenizer = source / "tokenizer"
+        return DataFiles(train_npy, valid_npy, tokenizer or run_tokenizer)
+
+    train_txt, valid_txt = find_split(source, "train", ".txt"), find_split(source, "valid", ".txt")
+    if not (train_txt and valid_txt):
+        raise FileNotFoundError(
+            f"{source} holds neither encoded splits (train.npy and valid.npy) nor text splits "
+            f"(train.txt and valid.txt, or names containing 'train' and 'valid' such as tinystories_train.txt)"
+        )
+    tokenizer = tokenizer or run_tokenizer
+    if tokenizer is None:
+        tokenizer = cache_dir() / "tokenizers" / f"{train_txt.stem}-v{config.model.vocab_size}-{file_key(train_txt)}"
+        if not tokenizer.is_dir():
+            _train_tokenizer(train_txt, config.model.vocab_size, tokenizer)
+    token_dir = cache_dir() / "tokens" / f"{tokenizer.name}-{_tokenizer_key(tokenizer)}"
+    return DataFiles(_encoded(train_txt, tokenizer, token_dir), _encoded(valid_txt, tokenizer, token_dir), tokenizer)
+
+
+def find_split(directory: Path, split: str, suffix: str) -> Path | None:
+    """The one file in `directory` with `suffix` whose name says it is `split`; an error if several."""
+    words = SPLIT_WORDS[split]
+    found = [
+        path for path in sorted(directory.glob(f"*{suffix}"))
+        if any(word in re.split(r"[-_.\s]+", path.stem.lower()) for word in words)
+    ]
+    if len(found) > 1:
+        raise ValueError(f"several {split} files in {directory}: {[p.name for p in found]}; keep one or pass another --data.path")
+    return found[0] if found else None
+
+
+def file_key(path: Path) -> str:
+    """A cheap identity of a file's version (path, size, modification time): hashing a 10 GB corpus
+    on every run would cost more than the check is worth."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _tokenizer_key(tokenizer_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(tokenizer_dir.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _train_tokenizer(text: Path, vocab_size: int, out_dir: Path) -> None:
+    # Built beside its final place and renamed: an interrupted training leaves nothing half-written.
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"training a {vocab_size}-token BPE tokenizer on {text} -> {out_dir}")
+    train_tokenizer(text, vocab_size, SPECIAL_TOKENS, partial)
+    partial.rename(out_dir)
+
+
+def _encoded(text: Path, tokenizer_dir: Path, token_dir: Path) -> Path:
+    # encode_file writes atomically and skips the work when its sidecar shows the output is current.
+    # The cache is this program's own: a file there that is not current is redone (force).
+    return encode_file(text, tokenizer_dir, token_dir / f"{text.stem}.npy", force=True, progress=True)

@@ -1,0 +1,1 @@
+"""Data parallelism on torch.distributed: the process group, the gradient average, sharded state."""
