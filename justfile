@@ -25,8 +25,12 @@ setup:
         touch {{venv}}/.installed
     fi
 
-# run the test suite with runtime shape checking (jaxtyping + beartype over core and params)
+# the default test suite (under 2 minutes on 2 cores), with runtime shape checking (jaxtyping + beartype over core and params)
 test *ARGS: setup
+    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker -m "not slow" "$@"
+
+# every test, the slow end-to-end ones too (what CI runs)
+test-all *ARGS: setup
     {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker "$@"
 
 # train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max_steps 200`
