@@ -104,9 +104,10 @@ def _rename_folder(tmp: Path, path: Path, replace: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def copy_folder(source: Path, target: Path) -> Path:
-    """Copy the files of the folder `source` into a new folder `target`, whole or not at all."""
-    with build_folder(target) as tmp:
+def copy_folder(source: Path, target: Path, *, replace: bool = False) -> Path:
+    """Copy the files of the folder `source` as the folder `target`, whole or not at all (over a
+    folder already there only with `replace`)."""
+    with build_folder(target, replace=replace) as tmp:
         for item in sorted(source.iterdir()):
             if item.is_file():
                 shutil.copyfile(item, tmp / item.name)
