@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from core.config import ModelConfig
+from core.errors import UsageError
 from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
 from core.train_state import TrainState, init_train_state
 from core.tree import tree_leaves_by_path
@@ -111,7 +112,7 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt is not an lmkit checkpoint"):
         load_checkpoint(tmp_path / "other.pt", *_fresh())
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(UsageError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt", *_fresh())
 
 
