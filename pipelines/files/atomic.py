@@ -97,7 +97,7 @@ def _rename_folder(tmp: Path, path: Path, replace: bool) -> None:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         if not replace:
-            raise FileExistsError(errno.EEXIST, "already exists and is not empty", str(path)) from None
+            raise FileExistsError(f"{path} already exists and is not empty") from None
     old = temporary_path(path)  # a temporary name: a kill before the rmtree leaves debris that is cleared
     os.rename(path, old)
     os.rename(tmp, path)
