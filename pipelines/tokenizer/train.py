@@ -139,13 +139,12 @@ def train_and_save(
 def check_special_tokens(special_tokens: Sequence[str]) -> None:
     """UsageError unless each special token is given once and is more than one byte: a token
     given twice, or one that is also a byte's own token, would have two ids and vocab.json one."""
-    seen: set[str] = set()
-    for token in special_tokens:
-        if token in seen:
+    for index, token in enumerate(special_tokens):
+        if token in special_tokens[:index]:
             raise UsageError(f"--special {token!r} is given twice; give each special token once")
+    for token in special_tokens:
         if len(token.encode("utf-8")) == 1:
             raise UsageError(f"--special {token!r} is a single byte, which is a token of its own already")
-        seen.add(token)
 
 
 def check_tokenizer_out(out_dir: Path, text: Path, force: bool) -> None:
