@@ -284,7 +284,7 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
 
     monkeypatch.setattr(download, "download", offline)
     config = resolve_config("tinystories", "cpu-small", {**TINY, "run_dir": str(tmp_path / "run"), "max_steps": 1})
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(UsageError) as error:
         train(config)
     message = str(error.value)
     assert "TinyStoriesV2-GPT4-train.txt" in message and "TinyStoriesV2-GPT4-valid.txt" in message
