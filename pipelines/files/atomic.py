@@ -160,13 +160,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, of: str | None = None) -
     do: in a container a restarted process often gets the PID of the one that was killed.)"""
     folder = Path(folder)
     stale: list[Path] = []
-    for root, directories, files in os.walk(folder) if of is None else [(folder, *_entries(folder))]:
-        for name in [*directories, *files]:
-            if is_temporary(name, of):
-                stale.append(Path(root) / name)
-        directories[:] = [name for name in directories if not is_temporary(name)]  # not into debris
-        if of is not None:
-            break
+    if of is not None:
+        stale = [path for path in folder.iterdir() if is_temporary(path.name, of)] if folder.is_dir() else []
+    else:
+        for root, directories, files in os.walk(folder):
+            stale += [Path(root) / name for name in directories + files if is_temporary(name)]
+            directories[:] = [name for name in directories if not is_temporary(name)]  # not into debris
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -174,10 +173,3 @@ def remove_stale_temporaries(folder: str | os.PathLike, of: str | None = None) -
             path.unlink(missing_ok=True)
     return stale
 
-
-def _entries(folder: Path) -> tuple[list[str], list[str]]:
-    """(folders, other entries) directly in `folder`, as os.walk lists them; none if it is absent."""
-    if not folder.is_dir():
-        return [], []
-    entries = list(os.scandir(folder))
-    return [e.name for e in entries if e.is_dir(follow_symlinks=False)], [e.name for e in entries if not e.is_dir(follow_symlinks=False)]

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from core.errors import UsageError
 from pipelines.files.atomic import write_atomic
 from pipelines.training.storage.run_dir import METRICS_FILE
 
@@ -62,9 +63,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError as error:
                 if not line.endswith(b"\n"):  # the last line, and the run died writing it
                     continue
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from error
+                raise UsageError(f"{path}:{number} is not valid JSON: {error}") from error
             if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError(f"{path}:{number} is not a metrics row (an object with an integer 'step')")
+                raise UsageError(f"{path}:{number} is not a metrics row (an object with an integer 'step')")
             kind = "val" if "val_loss" in row else "train"
             rows[(row["step"], kind)] = row
     return sorted(rows.values(), key=lambda row: row["step"])
