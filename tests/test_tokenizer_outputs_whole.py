@@ -179,7 +179,7 @@ def test_a_tokenizer_folder_that_is_not_whole_is_refused_naming_the_file(corpus,
     assert not out.exists()
 
 
-def test_duplicate_or_single_byte_special_tokens_are_refused_before_training(corpus, tmp_path):
+def test_duplicate_empty_or_single_byte_special_tokens_and_a_tiny_vocabulary_are_refused_before_training(corpus, tmp_path):
     out = tmp_path / "tok"
     result = train_tokenizer(corpus, out, "--special", EOT)  # the fixture's EOT, given twice
     assert one_line_error(result) == f"error: --special '{EOT}' is given twice; give each special token once"
@@ -187,6 +187,10 @@ def test_duplicate_or_single_byte_special_tokens_are_refused_before_training(cor
     assert "'a' is given twice" in one_line_error(result)
     result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", "a", "--out", str(out))
     assert "'a' is a single byte" in one_line_error(result)
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", "", "--out", str(out))
+    assert "a special token cannot be empty" in one_line_error(result)
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "256", "--special", EOT, "--out", str(out))
+    assert "--vocab-size: vocab_size 256 is too small" in one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 

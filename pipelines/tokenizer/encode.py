@@ -152,7 +152,12 @@ def encode_file(
             remove_stale_temporaries(out.parent, of=name)  # what a killed writer left
         size = expected["source"]["size"]
         workers = workers or (1 if size < SERIAL_BELOW else default_workers())
-        count = _write_ids(path, tokenizer, out, dtype, workers, progress, piece_bytes)
+        try:
+            count = _write_ids(path, tokenizer, out, dtype, workers, progress, piece_bytes)
+        except UsageError:
+            raise
+        except ValueError as error:  # the text uses a byte this tokenizer has no token for
+            raise UsageError(f"{path} cannot be encoded with this tokenizer: {error}") from None
         record = {
             **expected, "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir else None,
             "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1),

@@ -125,6 +125,10 @@ def train_and_save(
     of the same `out_dir` waits, then is refused (as for any tokenizer there) unless `force`."""
     text, out_dir = check_text_file(input_path), Path(os.path.abspath(out_dir))  # `.` has no name to lock by
     check_special_tokens(special_tokens)
+    try:
+        initial_vocab(special_tokens, vocab_size)  # a size too small for the bytes and special tokens
+    except ValueError as error:
+        raise UsageError(f"--vocab-size: {error}") from None
     check_tokenizer_out(out_dir, text, force)
     with hold(out_dir) as lock:
         if lock.waited:  # the other writer may have saved a tokenizer there meanwhile
@@ -139,6 +143,8 @@ def train_and_save(
 def check_special_tokens(special_tokens: Sequence[str]) -> None:
     """UsageError unless each special token is given once and is more than one byte: a token
     given twice, or one that is also a byte's own token, would have two ids and vocab.json one."""
+    if "" in special_tokens:
+        raise UsageError("--special '': a special token cannot be empty")
     for index, token in enumerate(special_tokens):
         if token in special_tokens[:index]:
             raise UsageError(f"--special {token!r} is given twice; give each special token once")
