@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from core.config import ModelConfig
+from core.errors import UsageError
 from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
 from core.train_state import TrainState, init_train_state
 from core.tree import tree_leaves_by_path
@@ -111,7 +112,7 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt is not an lmkit checkpoint"):
         load_checkpoint(tmp_path / "other.pt", *_fresh())
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(UsageError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt", *_fresh())
 
 
@@ -154,13 +155,15 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_says_why_in_one_line(t
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-def test_a_real_full_disk_is_one_line_and_the_old_train_state_still_loads(tmp_path):
+def test_a_real_full_disk_is_one_line_and_the_old_train_state_still_loads(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
     state = _stepped_state()
     save_train_state(path, state, META)
     before = path.read_bytes()
     # The save's temporary is a link to /dev/full, where every write fails with ENOSPC.
-    atomic.temporary_path(path).symlink_to("/dev/full")
+    full = tmp_path / ".state.pt.tmp1-00000000"
+    full.symlink_to("/dev/full")
+    monkeypatch.setattr(atomic, "temporary_path", lambda _: full)
     with pytest.raises(CheckpointWriteError, match=f"^could not write checkpoint {path}: No space left on device$"):
         save_train_state(path, state.replace(step=4), META)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
@@ -212,7 +215,8 @@ def test_a_kill_mid_save_leaves_the_last_checkpoint_and_a_temporary_that_start_r
         child.wait()
         child.stdout.close()
     temporaries = list(path.parent.glob(".last.pt.tmp*"))
-    assert [p.name for p in temporaries] == [f".last.pt.tmp{child.pid}"]
+    assert len(temporaries) == 1 and atomic.is_temporary(temporaries[0].name, of="last.pt")
+    assert temporaries[0].name.startswith(f".last.pt.tmp{child.pid}-")
     model = torch.nn.Linear(64, 64)
     assert load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1)) == 1
     assert remove_stale_temporaries(tmp_path) == temporaries

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UsageError
 from pipelines.training.data.batches import check_tokens, eval_batches, eval_starts, get_batch, open_tokens
 
 from .inputs import check_batches
@@ -63,7 +64,7 @@ def test_check_tokens_scans_every_chunk(monkeypatch):
 
 
 def test_open_tokens_rejects_what_is_not_a_token_array(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.npy"):
+    with pytest.raises(UsageError, match="missing.npy"):
         open_tokens(tmp_path / "missing.npy")
     (tmp_path / "text.npy").write_text("not numpy")
     with pytest.raises(ValueError, match="text.npy is not a readable .npy"):

@@ -11,8 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.errors import UsageError
 from pipelines.training import cli
-from pipelines.training.data.batches import download as dl
+from pipelines.training.data import download as dl
 from pipelines.training.data.prepare import find_split
 from pipelines.training.config.presets import PRESETS
 
@@ -234,7 +235,7 @@ def test_two_concurrent_downloads_of_one_file_make_one_request(server, tmp_path)
 def test_offline_the_error_is_one_line_naming_the_files_and_where(refused_url, tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "TINYSTORIES_URL", refused_url)
     for train_mb in (None, 64):
-        with pytest.raises(FileNotFoundError) as error:
+        with pytest.raises(UsageError) as error:
             dl.fetch_tinystories(tmp_path / "data", train_mb)
         message = str(error.value)
         assert "\n" not in message and "--data.path" in message

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.accounting import newton_schulz_flops, training_step_flops
 from core.config import ModelConfig
+from core.errors import UsageError
 from core.optim import muon_labels
 from core.optim.muon import newton_schulz
 from core.schedule import cosine_schedule, warmup_stable_decay, wsd_schedule
@@ -22,7 +23,7 @@ from params.init import init_params
 from pipelines.experiments import accounting, experiment_log
 from pipelines.experiments.split_text import split_text
 from pipelines.training import cli
-from pipelines.training.data.batches import download as dl
+from pipelines.training.data import download as dl
 from pipelines.training.config.config import resolve_config
 from pipelines.training.config.optimizer import make_schedule
 from pipelines.training.data.prepare import find_split
@@ -149,14 +150,14 @@ def test_a_truncated_whole_gzip_is_refused_and_removed(owt_server, tmp_path):
 def test_owt_offline_the_error_is_one_line_naming_the_files_and_where(refused_url, tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "OWT_URL", refused_url)
     for train_mb in (None, 16):
-        with pytest.raises(FileNotFoundError) as error:
+        with pytest.raises(UsageError) as error:
             dl.fetch_owt(tmp_path / "owt", train_mb)
         message = str(error.value)
         assert "\n" not in message and "--data.path" in message
         assert "owt_train.txt" in message and "owt_valid.txt" in message
         assert str(dl.tinystories_folder(tmp_path / "owt", train_mb)) + "/" in message
     assert "owt_train.first16MB.txt" in message
-    assert not any(p.suffix in (".txt", ".gz", ".part") for p in files_under(tmp_path))  # only lock files
+    assert not any(p.suffix in (".txt", ".gz", ".part") for p in files_under(tmp_path))  # nothing half-fetched
     with pytest.raises(ValueError, match="no download known"):
         dl.fetch_dataset("wikitext", tmp_path)
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.accounting import training_step_flops
+from core.errors import UsageError
 from core.model import forward
 from core.optim import adamw, chain, clip_by_global_norm
 from core.train_state import TrainState, init_train_state
@@ -22,9 +23,9 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training.data.batches import download
-from pipelines.training.run.run import run as run_module
-from pipelines.training.run.run import start as start_module
+from pipelines.training.data import download
+from pipelines.training.run import run as run_module
+from pipelines.training.run import start as start_module
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.cli import main
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
@@ -283,7 +284,7 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
 
     monkeypatch.setattr(download, "download", offline)
     config = resolve_config("tinystories", "cpu-small", {**TINY, "run_dir": str(tmp_path / "run"), "max_steps": 1})
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(UsageError) as error:
         train(config)
     message = str(error.value)
     assert "TinyStoriesV2-GPT4-train.txt" in message and "TinyStoriesV2-GPT4-valid.txt" in message
@@ -291,7 +292,7 @@ def test_without_data_offline_the_error_says_which_files_go_where(tmp_path, monk
 
 
 def test_missing_data_or_foreign_token_ids_fail_before_the_run_directory_exists(token_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(UsageError, match="not a directory"):
         train(tiny_config(tmp_path / "nowhere", tmp_path / "run", {"max_steps": 1}))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         train(tiny_config(token_dir, tmp_path / "run", {"max_steps": 1, "model.vocab_size": 16}))

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import shared_path
+from core.errors import UsageError
 from core.bpe import initial_vocab, iter_merges, train_bpe_from_counts
 from core.bytes_unicode import from_printable
 from core.pretokenize import count_pretokens
@@ -109,9 +110,9 @@ def test_parallel_streamed_counting_equals_one_pass(tmp_path, special):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.txt does not exist"):
+    with pytest.raises(UsageError, match="missing.txt does not exist"):
         train_bpe(tmp_path / "missing.txt", 500, [])
-    with pytest.raises(FileNotFoundError, match="is not a regular file"):
+    with pytest.raises(UsageError, match="is not a regular file"):
         train_bpe(tmp_path, 500, [])
     good = tmp_path / "good.txt"
     good.write_text("hello", encoding="utf-8")

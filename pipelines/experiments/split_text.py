@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.files.atomic import write_atomic
+
 BREAK = b"\n\n"
 
 
@@ -37,8 +39,8 @@ def split_text(source: Path, out: Path, valid_fraction: float = 0.1, force: bool
     data = source.read_bytes()
     cut = split_point(data, valid_fraction)
     out.mkdir(parents=True, exist_ok=True)
-    train.write_bytes(data[:cut])
-    valid.write_bytes(data[cut:])
+    write_atomic(train, data[:cut])
+    write_atomic(valid, data[cut:])
     return train, valid
 
 

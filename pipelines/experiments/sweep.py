@@ -43,6 +43,7 @@ from pipelines.experiments.vmap_sweep import train_stacked
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
+from pipelines.files.atomic import write_atomic
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
 FINISHED = ("completed", "diverged")
@@ -161,7 +162,7 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Tra
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     requested = run_dir / SWEEP_CONFIG_FILE
-    requested.write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    write_atomic(requested, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
     command = [sys.executable, "-m", "pipelines.training.cli", config.dataset, "--config", str(requested), "--run_dir", str(run_dir)]
     if checkpoint_path(run_dir).exists():
         command.append("--resume")
@@ -224,9 +225,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 def write_summary(sweep_dir: Path, names: Sequence[str], title: str | None = None) -> list[dict[str, Any]]:
     """summary.json, summary.md and curves.png of the runs `names` under `sweep_dir`."""
     rows = [summarize_run(name, sweep_dir / name) for name in names]
-    (sweep_dir / SWEEP_SUMMARY_JSON).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    write_atomic(sweep_dir / SWEEP_SUMMARY_JSON, orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     heading = f"# Sweep {title or sweep_dir.name}\n\n"
-    (sweep_dir / SWEEP_SUMMARY_MD).write_text(heading + markdown_table(rows), encoding="utf-8")
+    write_atomic(sweep_dir / SWEEP_SUMMARY_MD, heading + markdown_table(rows))
     plotted = [row for row in rows if (Path(row["run_dir"]) / METRICS_FILE).exists()]
     if plotted:
         from pipelines.experiments.plot import plot_runs

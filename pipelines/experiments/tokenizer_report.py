@@ -30,6 +30,7 @@ from pipelines.training.data.download import cache_dir
 from pipelines.training.data.prepare import SPECIAL_TOKENS, file_key
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import SERIAL_BELOW, count_file, default_workers, train_tokenizer
+from pipelines.files.atomic import write_atomic
 
 EOT = "<|endoftext|>"
 PILE_BYTES = 825e9
@@ -66,7 +67,7 @@ def trained_tokenizer(text: Path, vocab_size: int, cache: Path) -> tuple[Tokeniz
             "requested_vocab_size": vocab_size,
             "train_bytes": text.stat().st_size,
         }
-        (directory / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        write_atomic(directory / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     return load_tokenizer(directory), orjson.loads((directory / META_FILE).read_bytes())
 
 

@@ -20,6 +20,7 @@ from pipelines.training.config.config import TrainConfig
 from pipelines.training.run.group_loop import train_group
 from pipelines.training.storage.run_dir import SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config.stackable import why_not_stackable
+from pipelines.files.atomic import write_atomic
 
 
 def train_stacked(configs: dict[str, TrainConfig], threads: int | None = None) -> bool:
@@ -60,4 +61,4 @@ def _record_request(config: TrainConfig) -> None:
     """sweep_config.json, the config the sweep asked this run for, as a sequential sweep writes it."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SWEEP_CONFIG_FILE).write_bytes(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    write_atomic(run_dir / SWEEP_CONFIG_FILE, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))

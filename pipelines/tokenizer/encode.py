@@ -9,7 +9,10 @@ every id fits, else uint32, and opens with `np.load(path, mmap_mode="r")`.
 
 The sidecar FILE.npy.meta.json records what the ids came from (tokenizer fingerprint, source path,
 size and mtime); when it matches, a rerun does nothing. Both files appear atomically: written under
-a temporary name, then renamed.
+a temporary name, then renamed (pipelines/files/atomic.py), the .npy first, its record after. While
+it writes, the command holds a lock on FILE.npy (pipelines/files/lock.py): a second `tokenize` to
+the same FILE.npy waits for the first, then reuses its result when it is what it would have
+written, or refuses in one line.
 
 The outputs are checked before any work (pipelines/tokenizer/outputs.py): neither may be the text
 or lie inside the tokenizer's folder, and a file already there is replaced only with --force, or
@@ -29,9 +32,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import UsageError
 from core.tokenizer import Tokenizer
+from pipelines.files.atomic import open_atomic, remove_stale_temporaries, write_atomic
+from pipelines.files.lock import hold
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
-from pipelines.tokenizer.outputs import check_outputs, write_text_atomically
+from pipelines.tokenizer.outputs import check_outputs
 from pipelines.tokenizer.store import load_tokenizer
 
 # The .npy header written for a 1-D array pads its shape field so that its length (128 bytes) does
@@ -103,7 +109,7 @@ def _check_outputs(out: Path, inputs: list[Path], record: dict | None, force: bo
     """The .npy and its sidecar may be written: see check_outputs. Files this command made, as
     their sidecar shows, are its own to replace; anything else there needs `force`."""
     if out.suffix != ".npy":
-        raise ValueError(f"--out {out}: the name must end in .npy")
+        raise UsageError(f"--out {out}: the name must end in .npy")
     made_here = record is not None and (not os.path.lexists(out) or _whole(out, record))
     check_outputs([out, sidecar_path(out)], inputs, "--out", replace=force or made_here)
 
@@ -134,31 +140,39 @@ def encode_file(
         tokenizer = load_tokenizer(tokenizer_dir)
     dtype = np.dtype(np.uint16 if max(tokenizer.vocab) < 2**16 else np.uint32)
     expected = {"tokenizer_sha256": tokenizer.fingerprint(), "dtype": dtype.name, "source": _source_record(path)}
-    if recorded is not None and _whole(out, recorded) and all(recorded.get(k) == v for k, v in expected.items()):
-        if progress:
-            print(f"{out} is up to date with {path} and this tokenizer: nothing to do")
-        return out
-
-    size = expected["source"]["size"]
-    workers = workers or (1 if size < SERIAL_BELOW else default_workers())
-    count = _write_ids(path, tokenizer, out, dtype, workers, progress, piece_bytes)
-    record = {
-        **expected, "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir else None,
-        "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1),
-    }
-    write_text_atomically(sidecar_path(out), json.dumps(record, indent=2) + "\n")
+    with hold(out, announce=progress) as lock:
+        current = read_record(out) if lock.waited else recorded
+        if current is not None and _whole(out, current) and all(current.get(k) == v for k, v in expected.items()):
+            if progress:
+                print(f"{out} is up to date with {path} and this tokenizer: nothing to do")
+            return out
+        if current != recorded:
+            raise UsageError(f"--out {out} was written by another process while this one waited for it; rerun to replace it")
+        for name in (out.name, sidecar_path(out).name):
+            remove_stale_temporaries(out.parent, of=name)  # what a killed writer left
+        size = expected["source"]["size"]
+        workers = workers or (1 if size < SERIAL_BELOW else default_workers())
+        try:
+            count = _write_ids(path, tokenizer, out, dtype, workers, progress, piece_bytes)
+        except UsageError:
+            raise
+        except ValueError as error:  # the text uses a byte this tokenizer has no token for
+            raise UsageError(f"{path} cannot be encoded with this tokenizer: {error}") from None
+        record = {
+            **expected, "tokenizer": str(tokenizer_dir.resolve()) if tokenizer_dir else None,
+            "num_tokens": count, "source_bytes": size, "bytes_per_token": size / max(count, 1),
+        }
+        write_atomic(sidecar_path(out), json.dumps(record, indent=2) + "\n")
     return out
 
 
 def _write_ids(
     path: Path, tokenizer: Tokenizer, out: Path, dtype: np.dtype, workers: int, progress: bool, piece_bytes: int
 ) -> int:
-    """Stream the ids of the file into `out` under a temporary name, rename it there; the count."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    """Stream the ids of the file into `out`, written atomically; the count."""
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
     try:
-        with open(temporary, "wb") as file:
+        with open_atomic(out) as file:
             file.write(bytes(_HEADER_BYTES))
             count = 0
             for ids, length in _encoded_ranges(path, tokenizer, dtype, workers, piece_bytes):
@@ -167,10 +181,8 @@ def _write_ids(
                 bar.update(length)
             file.seek(0)
             file.write(_npy_header(dtype, count))
-        os.replace(temporary, out)
     finally:
         bar.close()
-        temporary.unlink(missing_ok=True)
     return count
 
 
@@ -201,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started_at, started = time.time(), time.perf_counter()
     try:
         out = encode_file(args.input, args.tokenizer, args.out, args.workers, force=args.force, progress=True)
-    except (ValueError, OSError) as error:
+    except UsageError as error:
         sys.exit(f"error: {error}")
     elapsed = time.perf_counter() - started
     sidecar = sidecar_path(out)

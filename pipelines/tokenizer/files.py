@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from core.errors import UsageError
 from core.pretokenize import first_safe_cut, last_safe_cut
 
 # Bytes a worker reads at a time: bounds its memory, whatever the size of the file.
@@ -21,11 +22,11 @@ _SEARCH_BYTES = 1 << 16
 
 
 def check_text_file(path: str | os.PathLike) -> Path:
-    """`path` as a Path, or FileNotFoundError saying what is wrong with it."""
+    """`path` as a Path, or UsageError saying what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"input text {path} {what}")
+        raise UsageError(f"input text {path} {what}")
     return path
 
 
@@ -64,7 +65,7 @@ def _decode(data: bytes, path: Path, offset: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(
+        raise UsageError(
             f"{path} is not UTF-8 text: byte {data[error.start]:#04x} at offset {offset + error.start} ({error.reason})"
         ) from None
 
@@ -83,7 +84,7 @@ def read_pieces(
             data = carry + fresh
             at_end = offset + len(data) >= end
             if not fresh and not at_end:
-                raise OSError(f"{path} ended at {offset + len(data)} bytes, before {end}: did it change while being read?")
+                raise UsageError(f"{path} ended at {offset + len(data)} bytes, before {end}: did it change while being read?")
             cut = len(data) if at_end else last_safe_cut(data, specials)
             if not cut:
                 carry = data  # no safe cut yet: read on

@@ -1,4 +1,4 @@
-"""Where the tokenizer commands may write, checked before any work; and writing a file whole.
+"""Where the tokenizer commands may write, checked before any work.
 
 The checks run before training or encoding starts, so a bad `--out` costs a second, not an hour
 followed by a traceback; and no file the user did not ask to replace is lost. An output must not
@@ -11,17 +11,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.errors import UsageError
+
 
 def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path], flag: str, *, replace: bool) -> None:
-    """ValueError, in one line naming `flag` and the file, unless every output can be written
+    """UsageError, in one line naming `flag` and the file, unless every output can be written
     without touching an input, and (unless `replace`) without replacing anything already there."""
     for output in outputs:
         _check_folder(output, flag)
         _check_not_an_input(output, inputs, flag)
         if output.is_dir():
-            raise ValueError(f"{flag} {output} is a folder, not a file name")
+            raise UsageError(f"{flag} {output} is a folder, not a file name")
         if not replace and os.path.lexists(output):
-            raise ValueError(f"{flag}: {output} already exists; pass --force to replace it")
+            raise UsageError(f"{flag}: {output} already exists; pass --force to replace it")
 
 
 def _check_not_an_input(output: Path, inputs: Sequence[Path], flag: str) -> None:
@@ -29,9 +31,9 @@ def _check_not_an_input(output: Path, inputs: Sequence[Path], flag: str) -> None
     for source in inputs:
         # samefile catches a hard link, which resolving does not.
         if target == source.resolve() or (output.exists() and source.exists() and os.path.samefile(output, source)):
-            raise ValueError(f"{flag}: {output} is the input {source}; it would be overwritten")
+            raise UsageError(f"{flag}: {output} is the input {source}; it would be overwritten")
         if source.resolve() in target.parents:
-            raise ValueError(f"{flag}: {output} lies inside the input {source}; write it elsewhere")
+            raise UsageError(f"{flag}: {output} lies inside the input {source}; write it elsewhere")
 
 
 def _check_folder(output: Path, flag: str) -> None:
@@ -40,17 +42,18 @@ def _check_folder(output: Path, flag: str) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{flag} {output}: {existing} is a file, not a folder")
+        raise UsageError(f"{flag} {output}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {output}: cannot write in {existing} (permission denied)")
+        raise UsageError(f"{flag} {output}: cannot write in {existing} (permission denied)")
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` under a temporary name beside `path`, then rename it there: a reader sees the
-    old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def check_output_folder(folder: Path, names: Sequence[str], inputs: Sequence[Path], flag: str, *, replace: bool) -> None:
+    """As check_outputs, for a folder of the files `names` that is written whole, as one: besides
+    their checks, a folder already there may hold nothing else, which the new one would drop."""
+    check_outputs([folder / name for name in names], inputs, flag, replace=replace)
+    others = sorted(path.name for path in folder.iterdir() if path.name not in names) if folder.is_dir() else []
+    if others:
+        raise UsageError(
+            f"{flag} {folder} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+            "the output is written as a folder of its own: give a new or empty folder"
+        )

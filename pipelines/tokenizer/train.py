@@ -9,7 +9,8 @@ size. The merges then run in this process (core/bpe.py).
 
 The file cutting and reading lives in pipelines/tokenizer/files.py, shared with encoding. `--out`
 is checked before training (pipelines/tokenizer/outputs.py): a folder already holding a tokenizer's
-files is written over only with --force.
+files is written over only with --force. The folder is written whole (pipelines/tokenizer/store.py),
+and locked while training and writing: a second `train-tokenizer` to it waits for the first.
 """
 
 import argparse
@@ -27,9 +28,12 @@ from tqdm import tqdm
 
 from core.bpe import extend_vocab, initial_vocab, iter_merges
 from core.pretokenize import count_pretokens, special_token_regex
+from core.errors import UsageError
 from core.tokenizer import Tokenizer
+from pipelines.files.atomic import remove_stale_temporaries
+from pipelines.files.lock import hold
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
-from pipelines.tokenizer.outputs import check_outputs
+from pipelines.tokenizer.outputs import check_output_folder
 from pipelines.tokenizer.store import TOKENIZER_FILES, save_tokenizer
 
 
@@ -107,16 +111,51 @@ def train_tokenizer(
     force: bool = False,
     **kwargs,
 ) -> Path:
-    """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer to `out_dir`,
-    which must not hold a tokenizer's files already unless `force`."""
-    check_tokenizer_out(Path(out_dir), check_text_file(input_path), force)
-    vocab, merges = train_bpe(input_path, vocab_size, special_tokens, **kwargs)
-    return save_tokenizer(Tokenizer(vocab, merges, list(special_tokens)), out_dir)
+    """Train on `input_path` (see `train_bpe` for `kwargs`) and save the tokenizer as the folder
+    `out_dir`, which must not hold a tokenizer already unless `force`."""
+    train_and_save(input_path, vocab_size, special_tokens, Path(out_dir), force=force, **kwargs)
+    return Path(out_dir)
+
+
+def train_and_save(
+    input_path: str | os.PathLike, vocab_size: int, special_tokens: Sequence[str], out_dir: Path, *, force: bool, **kwargs
+) -> Tokenizer:
+    """The trained tokenizer, once saved as the folder `out_dir`. Everything is checked first;
+    the output is locked while training and writing (pipelines/files/lock.py). A second writer
+    of the same `out_dir` waits, then is refused (as for any tokenizer there) unless `force`."""
+    text, out_dir = check_text_file(input_path), Path(os.path.abspath(out_dir))  # `.` has no name to lock by
+    check_special_tokens(special_tokens)
+    try:
+        initial_vocab(special_tokens, vocab_size)  # a size too small for the bytes and special tokens
+    except ValueError as error:
+        raise UsageError(f"--vocab-size: {error}") from None
+    check_tokenizer_out(out_dir, text, force)
+    with hold(out_dir) as lock:
+        if lock.waited:  # the other writer may have saved a tokenizer there meanwhile
+            check_tokenizer_out(out_dir, text, force)
+        remove_stale_temporaries(out_dir.parent, of=out_dir.name)  # a killed writer's half folder
+        vocab, merges = train_bpe(text, vocab_size, special_tokens, **kwargs)
+        tokenizer = Tokenizer(vocab, merges, list(special_tokens))
+        save_tokenizer(tokenizer, out_dir, replace=force)
+    return tokenizer
+
+
+def check_special_tokens(special_tokens: Sequence[str]) -> None:
+    """UsageError unless each special token is given once and is more than one byte: a token
+    given twice, or one that is also a byte's own token, would have two ids and vocab.json one."""
+    if "" in special_tokens:
+        raise UsageError("--special '': a special token cannot be empty")
+    for index, token in enumerate(special_tokens):
+        if token in special_tokens[:index]:
+            raise UsageError(f"--special {token!r} is given twice; give each special token once")
+    for token in special_tokens:
+        if len(token.encode("utf-8")) == 1:
+            raise UsageError(f"--special {token!r} is a single byte, which is a token of its own already")
 
 
 def check_tokenizer_out(out_dir: Path, text: Path, force: bool) -> None:
-    """ValueError unless the tokenizer's files can go into `out_dir`: see check_outputs."""
-    check_outputs([out_dir / name for name in TOKENIZER_FILES], [text], "--out", replace=force)
+    """UsageError unless the tokenizer folder can be written as `out_dir`: see check_output_folder."""
+    check_output_folder(out_dir, TOKENIZER_FILES, [text], "--out", replace=force)
 
 
 def _peak_memory_mib() -> float:
@@ -138,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     started = time.perf_counter()
     try:
-        check_tokenizer_out(args.out, check_text_file(args.input), args.force)  # before the long part
-        vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
-        out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
-    except (ValueError, OSError) as error:
+        tokenizer = train_and_save(
+            args.input, args.vocab_size, args.special, args.out, force=args.force, num_workers=args.workers, progress=True
+        )
+    except UsageError as error:
         sys.exit(f"error: {error}")
     elapsed = time.perf_counter() - started
+    out, vocab, merges = args.out, tokenizer.vocab, tokenizer.merges
 
     specials = {token.encode("utf-8") for token in args.special}
     learned = [token for token in vocab.values() if token not in specials]

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import UsageError
+
 # Big enough that the per-chunk overhead vanishes, small enough that a scan never holds more than a
 # few tens of MB (a 2 GB int16 token file is checked in ~100 chunks).
 CHECK_CHUNK = 1 << 24
@@ -19,13 +21,13 @@ def open_tokens(path: str | Path) -> np.ndarray:
     """Memory-map a 1-D integer `.npy` token file, with a clear error naming the file otherwise."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"token file {path} does not exist")
+        raise UsageError(f"token file {path} does not exist")
     try:
         tokens = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as error:
-        raise ValueError(f"token file {path} is not a readable .npy array: {error}") from error
+        raise UsageError(f"token file {path} is not a readable .npy array: {error}") from error
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"token file {path} must hold a 1-D integer array, found {tokens.dtype} {tokens.shape}")
+        raise UsageError(f"token file {path} must hold a 1-D integer array, found {tokens.dtype} {tokens.shape}")
     return tokens
 
 
@@ -40,14 +42,14 @@ def check_tokens(tokens: np.ndarray | str | Path, vocab_size: int, *, name: str 
         tokens = open_tokens(tokens)
     name = name or "token array"
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer array, found {tokens.dtype} {tokens.shape}")
+        raise UsageError(f"{name} must be a 1-D integer array, found {tokens.dtype} {tokens.shape}")
     for begin in range(0, len(tokens), CHECK_CHUNK):
         chunk = np.asarray(tokens[begin : begin + CHECK_CHUNK])
         low, high = int(chunk.min()), int(chunk.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             position = begin + int(np.argmax(chunk == bad))
-            raise ValueError(
+            raise UsageError(
                 f"{name} holds token id {bad} at position {position}, outside the vocabulary [0, {vocab_size}) "
                 "(was it encoded with a different tokenizer?)"
             )
@@ -117,7 +119,7 @@ def eval_batches(
 
 def _num_starts(num_tokens: int, context_length: int) -> int:
     if num_tokens < context_length + 1:
-        raise ValueError(
+        raise UsageError(
             f"dataset has {num_tokens} tokens, fewer than context_length + 1 = {context_length + 1}; "
             "use more data or a shorter context"
         )

@@ -15,7 +15,6 @@ after its last `<|endoftext|>` within the first `train_mb` MiB: the same file as
 unpacked text. `fetch_dataset(name, ...)` picks the fetcher of a dataset by its name.
 """
 
-import fcntl
 import http.client
 import math
 import os
@@ -23,11 +22,14 @@ import re
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
+
+from core.errors import UsageError
+from pipelines.files.atomic import fsync_folder
+from pipelines.files.lock import hold
 
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"}
@@ -83,7 +85,7 @@ def fetch_tinystories(dest: Path, train_mb: int | None = None) -> Path:
             # A full file is fetched as download(url, target): callers that stub download keep working.
             download(url, target) if max_bytes is None else download(url, target, max_bytes=max_bytes)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            raise FileNotFoundError(_offline_message(url, error, dest, train_mb)) from error
+            raise UsageError(_offline_message(url, error, dest, train_mb)) from error
     return folder
 
 
@@ -118,7 +120,7 @@ def fetch_owt(dest: Path, train_mb: int | None = None) -> Path:
             else:
                 _produce(gz, None, lambda partial: _fetch(url, partial, max_bytes, 30.0))
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            raise FileNotFoundError(_offline_message(url, error, dest, train_mb, OWT_FILES, unpacked=True)) from error
+            raise UsageError(_offline_message(url, error, dest, train_mb, OWT_FILES, unpacked=True)) from error
         _produce(target, max_bytes, lambda partial: _gunzip(gz, partial, max_bytes, whole=max_bytes is None))
         if gz is not full_gz:
             gz.unlink(missing_ok=True)  # the compressed prefix served its one purpose
@@ -133,7 +135,7 @@ FETCHERS: dict[str, Callable[[Path, int | None], Path]] = {"tinystories": fetch_
 def fetch_dataset(name: str, dest: Path, train_mb: int | None = None) -> Path:
     """The folder of dataset `name`'s train and valid text under `dest`, fetched when missing."""
     if name not in FETCHERS:
-        raise ValueError(f"no download known for dataset {name!r} (known: {sorted(FETCHERS)}); pass --data.path DIR")
+        raise UsageError(f"no download known for dataset {name!r} (known: {sorted(FETCHERS)}); pass --data.path DIR")
     return FETCHERS[name](dest, train_mb)
 
 
@@ -144,7 +146,7 @@ def prefix_name(full: str, train_mb: int | None) -> str:
 
 def _check_train_mb(train_mb: int | None) -> None:
     if train_mb is not None and (isinstance(train_mb, bool) or not isinstance(train_mb, int) or train_mb <= 0):
-        raise ValueError(f"train_mb must be a positive whole number of MiB or None, not {train_mb!r}")
+        raise UsageError(f"train_mb must be a positive whole number of MiB or None, not {train_mb!r}")
 
 
 def _gunzip(source: Path, partial: Path, max_bytes: int | None, whole: bool) -> None:
@@ -168,10 +170,10 @@ def _gunzip(source: Path, partial: Path, max_bytes: int | None, whole: bool) -> 
                         chunk, unpacker, inside = unpacker.unused_data, zlib.decompressobj(wbits=31), False
     except zlib.error as error:
         source.unlink(missing_ok=True)
-        raise ValueError(f"{source} is not a valid gzip file ({error}); removed, so the next run fetches it again") from None
+        raise UsageError(f"{source} is not a valid gzip file ({error}); removed, so the next run fetches it again") from None
     if whole and inside:
         source.unlink(missing_ok=True)
-        raise ValueError(f"{source} ends inside its gzip stream; removed, so the next run fetches it again")
+        raise UsageError(f"{source} ends inside its gzip stream; removed, so the next run fetches it again")
 
 
 def download(url: str, target: Path, *, max_bytes: int | None = None, timeout: float = 30.0) -> None:
@@ -180,48 +182,36 @@ def download(url: str, target: Path, *, max_bytes: int | None = None, timeout: f
     next connection (or call) continues with an HTTP Range request; `target` appears atomically,
     only when complete, and an existing `target` is never touched nor fetched again."""
     if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
-        raise ValueError(f"max_bytes must be a positive int or None, not {max_bytes!r}")
+        raise UsageError(f"max_bytes must be a positive int or None, not {max_bytes!r}")
     _produce(target, max_bytes, lambda partial: _fetch(url, partial, max_bytes, timeout))
 
 
 def _produce(target: Path, max_bytes: int | None, fill: Callable[[Path], None]) -> None:
-    """Runs `fill(part)` and the finalisation under an exclusive lock: two processes fetching one
-    file never write the same part, and the second finds the file done."""
+    """Runs `fill(part)` and the finalisation under the lock on `target` (pipelines/files/lock.py):
+    two processes fetching one file never write the same part, and the second finds the file done.
+    The part is not a temporary: it is kept across runs, for the next one to continue."""
     if target.exists():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    with _locked(target.with_name(target.name + ".lock")):
+    with hold(target):
         if target.exists():
             return
         fill(partial)
         _finalise(partial, target, max_bytes)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # "a": opening never truncates a lock file another process holds; the lock file stays, as
-    # removing it would let a third process lock a new inode while the second waits on the old.
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            tqdm.write(f"waiting for another process fetching {path.stem}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
 def _finalise(partial: Path, target: Path, max_bytes: int | None) -> None:
     if max_bytes is not None:
         cut = _last_document_end(partial)
         if cut is None:
-            raise ValueError(
+            raise UsageError(
                 f"the first {max_bytes} bytes for {target.name} hold no {DOCUMENT_END.decode()}: ask for more"
             )
         os.truncate(partial, cut)  # a part cut short is still a true prefix: a rerun resumes and cuts the same
     with open(partial, "ab") as handle:
         os.fsync(handle.fileno())  # the rename must not become visible before the bytes are on disk
     os.replace(partial, target)
+    fsync_folder(target.parent)  # nor be lost after it
 
 
 def _last_document_end(path: Path) -> int | None:

@@ -9,6 +9,7 @@ known must agree; a mismatch is one error naming both sides, before the run writ
 
 from pathlib import Path
 
+from core.errors import UsageError
 from pipelines.tokenizer.encode import read_record
 from pipelines.tokenizer.store import load_tokenizer
 
@@ -16,7 +17,7 @@ from pipelines.tokenizer.store import load_tokenizer
 def check_same_tokenizer(
     train: Path, valid: Path, tokenizer: Path | None, run_tokenizer: Path | None, recorded: str | None
 ) -> None:
-    """ValueError unless the checkpoint's fingerprint `recorded`, the run's tokenizer folder, the
+    """UsageError unless the checkpoint's fingerprint `recorded`, the run's tokenizer folder, the
     folder the data is read with and the sidecars of the token files `train` and `valid` name one
     tokenizer (each where known)."""
     known: tuple[str, str] | None = None  # (fingerprint, what recorded it): the latest record met
@@ -38,7 +39,7 @@ def _agree(known: tuple[str, str] | None, new: tuple[str, str]) -> tuple[str, st
     """`new` when it names the same tokenizer as `known` (it is then the one an error will name:
     checked in order from the checkpoint to the files, the later record is the more concrete)."""
     if known is not None and known[0] != new[0]:
-        raise ValueError(
+        raise UsageError(
             f"{new[1]} (fingerprint {new[0][:12]}) is not {known[1]} (fingerprint {known[0][:12]}): "
             "token ids from one tokenizer mean other text under another"
         )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from core.tokenizer import Tokenizer
 from core.tree import Tree
+from pipelines.files.atomic import write_atomic
 from pipelines.generate import sample_stories
 from pipelines.training.config.config import TrainConfig
 from pipelines.training.storage.run_dir import SAMPLES_FILE
@@ -16,5 +17,5 @@ def write_samples(run_dir: Path, params: Tree, config: TrainConfig, tokenizer: T
         seed=config.seed,
     )
     text = "\n\n---\n\n".join(stories)
-    (run_dir / SAMPLES_FILE).write_text(text + "\n", encoding="utf-8")
+    write_atomic(run_dir / SAMPLES_FILE, text + "\n")
     print(f"\nsamples (temperature {sample.temperature}, top-p {sample.top_p}):\n\n{text}\n")

@@ -32,7 +32,7 @@ from pipelines.training.config.optimizer import make_optimizer, make_schedule
 from pipelines.training.hardware.peak import peak_flops
 from pipelines.training.data.prepare import TrainingData, open_training_data, with_run_tokenizer
 from pipelines.training.run.run import NoLog, Run
-from pipelines.training.storage.run_dir import CONFIG_FILE, TOKENIZER_DIR, checkpoint_path
+from pipelines.training.storage.run_dir import CONFIG_FILE, TOKENIZER_DIR, checkpoint_path, remove_if_unstarted
 from pipelines.training.storage.run_lock import RunLock, check_run_dir_free, lock_run_dir
 from pipelines.training.distributed.sharding import Sharding
 
@@ -54,6 +54,7 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
         return _build_run(config, device, processes, saved, data, wandb, lock)
     except BaseException:
         if lock is not None:
+            remove_if_unstarted(config.run_dir)  # a start that fails leaves no run directory
             lock.release()
         raise
 
@@ -144,7 +145,7 @@ def _build_run(
     log = NoLog()
     if processes.main:
         wandb_run = start_wandb(wandb, config.wandb_project, run_dir, config.to_dict()) if wandb else None
-        log = MetricsLog(run_dir, wandb_run)
+        log = MetricsLog(run_dir, wandb_run, step=state.step)  # rows after the checkpoint's step are cut
         print(
             f"{'resuming' if saved else 'training'} {run_dir} on {device}"
             f"{f' x {processes.world} processes' if processes.distributed else ''} (peak {peak / 1e12:.3g} TFLOP/s, {source}): "

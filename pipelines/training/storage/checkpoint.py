@@ -23,6 +23,7 @@ from typing import IO, Any
 import torch
 
 from core.config import ModelConfig
+from core.errors import UsageError
 from core.optim import GradientTransformation
 from core.train_state import TrainState
 from core.tree import tree_from_leaves_by_path, tree_leaves_by_path
@@ -59,12 +60,12 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
     payload = _read(src, kind="module")
     problem = field_problem(payload, MODULE_FIELDS) or _module_mismatch(payload, _unwrap(model), optimizer)
     if problem:
-        raise ValueError(f"checkpoint {name}: {problem}")
+        raise UsageError(f"checkpoint {name}: {problem}")
     try:
         _unwrap(model).load_state_dict(strip_compiled_prefix(payload["model"]))
         optimizer.load_state_dict(payload["optimizer"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:  # a check torch adds that the ones above lack
-        raise ValueError(f"checkpoint {name}: {_first_line(error)}") from error
+        raise UsageError(f"checkpoint {name}: {_first_line(error)}") from error
     return payload["iteration"]
 
 
@@ -117,7 +118,7 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     payload = _read(path, kind="training")
     problem = training_problem(payload)
     if problem:
-        raise ValueError(f"checkpoint {path}: {problem}")
+        raise UsageError(f"checkpoint {path}: {problem}")
     return payload
 
 
@@ -139,13 +140,13 @@ def load_train_state(
         template = tree_leaves_by_path(fresh)
         restored = _restored_opt_state(payload["opt_state"], template, device)
     except ValueError as error:
-        raise ValueError(f"checkpoint {source}: {error}" if source else str(error)) from error
+        raise UsageError(f"checkpoint {source}: {error}" if source else str(error)) from error
     return TrainState(params, tree_from_leaves_by_path(fresh, restored), payload["step"], payload["rng"], payload["elapsed"])
 
 
 def _restored_opt_state(saved: dict[str, Any], template: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
     if set(saved) != set(template):
-        raise ValueError(f"the optimizer state does not match the optimizer: missing "
+        raise UsageError(f"the optimizer state does not match the optimizer: missing "
                          f"{sorted(set(template) - set(saved))}, unexpected {sorted(set(saved) - set(template))}")
     return {name: _restored(name, saved[name], leaf, device) for name, leaf in template.items()}
 
@@ -154,10 +155,10 @@ def _restored(name: str, saved: Any, fresh: Any, device: str | torch.device) -> 
     if isinstance(fresh, torch.Tensor):
         same = isinstance(saved, torch.Tensor) and saved.shape == fresh.shape and saved.dtype == fresh.dtype
         if not same:
-            raise ValueError(f"optimizer state {name}: the checkpoint holds {describe(saved)}, the optimizer expects {describe(fresh)}")
+            raise UsageError(f"optimizer state {name}: the checkpoint holds {describe(saved)}, the optimizer expects {describe(fresh)}")
         return saved.to(device=device)
     if type(saved) is not type(fresh):
-        raise ValueError(f"optimizer state {name}: the checkpoint holds {describe(saved)}, the optimizer expects {type(fresh).__name__}")
+        raise UsageError(f"optimizer state {name}: the checkpoint holds {describe(saved)}, the optimizer expects {type(fresh).__name__}")
     return saved
 
 
@@ -208,15 +209,15 @@ def _name(src: PathOrFile) -> str:
 def _read(src: PathOrFile, kind: str) -> dict[str, Any]:
     name = _name(src)
     if isinstance(src, (str, os.PathLike)) and not Path(src).exists():
-        raise FileNotFoundError(f"checkpoint {name} does not exist")
+        raise UsageError(f"checkpoint {name} does not exist")
     try:
         payload = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a torch file, disallowed pickle: all one story
-        raise ValueError(f"checkpoint {name} could not be read (truncated or not a checkpoint?): {type(error).__name__}: {_first_line(error)}") from error
+        raise UsageError(f"checkpoint {name} could not be read (truncated or not a checkpoint?): {type(error).__name__}: {_first_line(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{name} is not an lmkit checkpoint (no '{FORMAT}' marker)")
+        raise UsageError(f"{name} is not an lmkit checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
-        raise ValueError(f"checkpoint {name} has format version {payload.get('version')}, this code reads {VERSION}")
+        raise UsageError(f"checkpoint {name} has format version {payload.get('version')}, this code reads {VERSION}")
     if payload.get("kind") != kind:
-        raise ValueError(f"checkpoint {name} holds a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+        raise UsageError(f"checkpoint {name} holds a {payload.get('kind')!r} checkpoint, expected {kind!r}")
     return payload

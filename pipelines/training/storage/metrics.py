@@ -5,7 +5,10 @@ mfu (model FLOPs utilisation: core/accounting.py's FLOPs per step against the de
 evaluation rows carry step, tokens, wall, val_loss. A resumed run appends to the same file.
 
 A crash mid-write can leave a torn last line: readers skip it, and opening the log for a resumed
-run cuts it off first, so the new rows do not land on the end of half a row.
+run cuts it off first, so the new rows do not land on the end of half a row. A run killed after
+its last checkpoint logged steps that the resumed run takes again: opening the log at the
+checkpoint's step cuts the rows after it, so each kind of row (training, evaluation) has strictly
+increasing steps in the file, whatever was killed when.
 """
 
 import os
@@ -14,12 +17,17 @@ from typing import Any
 
 import orjson
 
+from core.errors import UsageError
+from pipelines.files.atomic import write_atomic
 from pipelines.training.storage.run_dir import METRICS_FILE
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, wandb_run: Any = None) -> None:
+    def __init__(self, run_dir: Path, wandb_run: Any = None, *, step: int | None = None) -> None:
+        """The log of the run in `run_dir`, starting (or resuming) at `step`: rows after it are cut."""
         repair_metrics(run_dir)
+        if step is not None:
+            cut_metrics(run_dir, step)
         # Unbuffered, appending: each row goes to the file in one write call, so nothing of it
         # waits in a buffer to be lost in a crash, and a plot of a live run sees every row.
         self._file = open(run_dir / METRICS_FILE, "ab", buffering=0)
@@ -40,9 +48,8 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every row of a run's metrics.jsonl, a torn last line skipped. A resumed run may have logged
-    some steps twice (after its last checkpoint and before the interruption); the later row of a
-    step wins."""
+    """Every row of a run's metrics.jsonl, a torn last line skipped. A file written before resumes
+    cut their rows (cut_metrics) may hold some steps twice; the later row of a step wins."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
@@ -56,9 +63,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError as error:
                 if not line.endswith(b"\n"):  # the last line, and the run died writing it
                     continue
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from error
+                raise UsageError(f"{path}:{number} is not valid JSON: {error}") from error
             if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError(f"{path}:{number} is not a metrics row (an object with an integer 'step')")
+                raise UsageError(f"{path}:{number} is not a metrics row (an object with an integer 'step')")
             kind = "val" if "val_loss" in row else "train"
             rows[(row["step"], kind)] = row
     return sorted(rows.values(), key=lambda row: row["step"])
@@ -84,6 +91,29 @@ def repair_metrics(run_dir: str | os.PathLike) -> bool:
             f.truncate(start)
         os.fsync(f.fileno())
     return True
+
+
+def cut_metrics(run_dir: str | os.PathLike, step: int) -> bool:
+    """Remove the rows after `step` from metrics.jsonl (rewritten whole, pipelines/files/atomic.py):
+    those of a run killed after its last checkpoint, which the resumed run logs again. Lines that
+    are not metrics rows are kept for read_metrics to name. Returns whether the file changed."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return False
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = [line for line in lines if not _after(line, step)]
+    if len(kept) == len(lines):
+        return False
+    write_atomic(path, b"".join(kept))
+    return True
+
+
+def _after(line: bytes, step: int) -> bool:
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
 
 
 def _is_json(line: bytes) -> bool:
