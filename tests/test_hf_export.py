@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from params.hf import load_hf, to_hf_state_dict
 from params.hf.rope import halves_to_pairs, pairs_to_halves
 from params.init import init_params
 from params.tree import flatten, unflatten
-from pipelines.export.command import export_run, main
+from pipelines.export.command import export_run, main, parser
 from pipelines.export.tokenizer_files import EOT
 from pipelines.generate import load_run
 from pipelines.generate import main as generate_main
@@ -378,3 +379,12 @@ def test_an_export_that_fails_midway_leaves_no_folder(trained_run, tmp_path, mon
     monkeypatch.setattr(command, "write_atomic", failing_write)
     message = refused_export(["--run", str(trained_run)], tmp_path / "exports" / "model")
     assert "No space left on device" in message and written[-1] == "README.md" and len(written) == 7
+
+
+def test_the_guides_export_commands_name_real_flags():
+    guide = Path(__file__).parent.parent / "docs" / "export.md"
+    blocks = re.findall(r"```bash\n(.*?)```", guide.read_text(), flags=re.S)
+    commands = [shlex.split(line.split("  #")[0])[2:] for block in blocks for line in block.splitlines() if line.startswith("just export ")]
+    assert len(commands) >= 2
+    for args in commands:
+        parser().parse_args(args)  # an unknown or missing flag exits here

@@ -94,14 +94,18 @@ def generation_config(tokenizer: Tokenizer, config: ModelConfig) -> dict:
     return {**values, "suppress_tokens": unused} if unused else values
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.export",
                                      description="Export a trained run to a Hugging Face transformers (Llama) folder.")
     parser.add_argument("--run", type=Path, required=True, help="the run directory")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: RUN/checkpoints/last.pt)")
     parser.add_argument("--out", type=Path, required=True, help="the folder to create (must not exist)")
     parser.add_argument("--dtype", default="float32", help=f"dtype of the stored weights: {', '.join(DTYPES)}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         out = export_run(args.run, args.out, args.checkpoint, args.dtype)
     except (ValueError, OSError) as error:  # UsageError, and the run readers' refusals (ValueError, OSError)
