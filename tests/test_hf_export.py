@@ -32,21 +32,15 @@ from pipelines.training.run.loop import train
 from pipelines.training.storage.checkpoint import save_train_state
 from pipelines.training.storage.run_dir import CONFIG_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 
+# Nothing here may reach the network: transformers must load the folders as they are. Set before
+# transformers is first imported, as huggingface_hub reads it once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-pytestmark = pytest.mark.usefixtures("one_thread", "offline")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = "the a cat dog sat ran on mat big small red blue and was happy sad Lily Tom saw ball played with".split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    """Nothing here may reach the network: transformers must load the folders as they are."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield
 
 
 def synthetic_text(seed: int, documents: int, words: int) -> str:
@@ -113,6 +107,12 @@ def hf_logits(folder: Path, tokens: torch.Tensor, dtype: torch.dtype = torch.flo
 
 
 # -- RoPE's row order ------------------------------------------------------------------------------
+
+
+def test_transformers_runs_offline_here():
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE
 
 
 def test_the_rope_reordering_turns_our_pairs_rotation_into_llamas_halves_rotation():

@@ -18,8 +18,8 @@ def building_folder(path: str | os.PathLike) -> Iterator[Path]:
     without an error; on an error (or Ctrl-C) it is removed, with any parent folders made for it,
     and `path` is left as it was.
 
-    The rename refuses a `path` that appeared meanwhile with something in it, so a concurrent
-    writer's folder is never replaced. Files written into the folder are flushed by the caller
+    The rename refuses a `path` that appeared meanwhile with something in it (an empty folder it
+    replaces), so nothing another writer put there is lost. Files written into the folder are flushed by the caller
     (write_atomic does); the renames themselves are made durable here."""
     path = Path(path)
     tmp = temporary_path(path)

@@ -21,7 +21,7 @@ def model_card(run_dir: Path, config: ModelConfig, step: int, checkpoint: Path, 
     train_config = _read_json(run_dir / CONFIG_FILE)
     facts = training_facts(run_dir, step)
     dataset = train_config.get("dataset", "unknown")
-    data = Path(str(train_config.get("data", {}).get("path", ""))).name or "not recorded"
+    data = Path(str((train_config.get("data") or {}).get("path") or "")).name or "not recorded"
     parts = [
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- lmkit\n- llama\n---\n",
         f"# {run_dir.resolve().name}\n",
