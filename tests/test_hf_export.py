@@ -100,8 +100,8 @@ def exported(trained_run, tmp_path_factory) -> Path:
     return export_run(trained_run, tmp_path_factory.mktemp("exports") / "model")
 
 
-def hf_logits(folder: Path, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
         return model(tokens).logits
 
