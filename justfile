@@ -49,6 +49,10 @@ tokenize *ARGS: setup
 generate *ARGS: setup
     {{python}} -m pipelines.generate "$@"
 
+# export a run to a Hugging Face transformers folder (Llama): `just export --run DIR --out FOLDER [--dtype bfloat16]`
+export *ARGS: setup
+    {{python}} -m pipelines.export "$@"
+
 # draw learning curves of one or more runs to PNG: `just plot RUN...`
 plot *ARGS: setup
     {{python}} -m pipelines.experiments.plot "$@"

@@ -1,0 +1,1 @@
+"""Exporting a trained run to a Hugging Face `transformers` folder (`just export`)."""
