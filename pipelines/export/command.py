@@ -15,6 +15,7 @@ NoPE, ... are refused by name). The folder appears whole or not at all.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -28,10 +29,10 @@ from core.tokenizer import Tokenizer
 from params.hf.config import check_exportable, llama_config
 from params.hf.files import require
 from params.hf.weights import to_hf_state_dict
-from pipelines.export.folder import building_folder
 from pipelines.export.model_card import model_card
 from pipelines.export.tokenizer_files import as_json, end_of_text_id, special_tokens_map, tokenizer_config, tokenizer_json
-from pipelines.files.atomic import write_atomic
+from pipelines.files.atomic import build_folder, remove_stale_temporaries, write_atomic
+from pipelines.files.lock import hold
 from pipelines.generate import load_run
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.run_dir import checkpoint_path
@@ -63,10 +64,27 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
         "special_tokens_map.json": as_json(special_tokens_map(tokenizer)),
         "README.md": model_card(run_dir, config, step, checkpoint, dtype).encode("utf-8"),
     }
-    with building_folder(out) as folder:
-        for name, data in files.items():
-            write_atomic(folder / name, data)
+    write_folder(out, files)
     return out
+
+
+def write_folder(out: Path, files: dict[str, bytes]) -> None:
+    """`out` holding `files`, whole or not at all, under the output's lock; on an error, the parent
+    folders made for it are removed again, so a failed export leaves nothing behind."""
+    made = [parent for parent in out.absolute().parents if not parent.exists()]  # deepest first
+    try:
+        with hold(out) as lock:
+            if lock.waited and os.path.lexists(out):
+                raise UsageError(f"--out {out} was written by another export while this one waited for it")
+            remove_stale_temporaries(out.parent, of=out.name)  # a killed export's half folder
+            with build_folder(out) as folder:
+                for name, data in files.items():
+                    write_atomic(folder / name, data)
+    except BaseException:
+        for parent in made:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
 
 
 def check_out(out: Path) -> None:
