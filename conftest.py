@@ -1,9 +1,11 @@
-"""Shared test setup: Hypothesis profiles and where the read-only reference material lives."""
+"""Shared test setup: Hypothesis profiles, where the read-only reference material lives, and one
+torch thread per test."""
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from beartype import BeartypeConf, beartype
 from hypothesis import HealthCheck, settings
 
@@ -57,3 +59,14 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared reference folder {SHARED} not found (set LMKIT_SHARED)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs torch on one intra-op thread: the suite's models are tiny, threads gain
+    nothing there, and on a loaded machine their spin-waits turn milliseconds into seconds
+    (tests/test_params.py: 19 s on two threads, 3 s on one). A test that wants more sets them itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,11 +35,8 @@ def params_of(path: Path) -> dict[str, torch.Tensor]:
     return read_train_state(path)["params"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs match the OMP_NUM_THREADS=1 trainers
-
-
 def test_a_trainer_killed_mid_run_resumes_exactly_and_leaves_no_debris(token_dir, tmp_path):
-    killed_and_resumed_equals_uninterrupted(token_dir, tmp_path, max_steps=60, rows_before_kills=[3])
+    killed_and_resumed_equals_uninterrupted(token_dir, tmp_path, max_steps=30, rows_before_kills=[3])
 
 
 @pytest.mark.slow
@@ -54,7 +51,8 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
     of new metrics rows (with a checkpoint every 2 steps, a kill may land mid-save), then one resume
     to the end: it ends bit for bit where an uninterrupted run does, with no debris. The
     uninterrupted run and the last resume call the command's main() in this process: the same
-    code and numbers, without another interpreter's start."""
+    code and numbers (on one thread, as the OMP_NUM_THREADS=1 trainers), without another
+    interpreter's start."""
     steps = ["--max_steps", str(max_steps)]
     reference = tmp_path / "reference"
     assert main(command(data, reference, *steps)[3:]) == 0

@@ -42,9 +42,6 @@ TINY = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture
 def token_dir(tmp_path: Path) -> Path:
     """train.npy / valid.npy: a repeating 24-token pattern, so the next token is learnable."""
