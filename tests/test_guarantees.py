@@ -62,7 +62,7 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
         resume = ["--resume"] if checkpoint_path(run_dir).exists() else []
         process = subprocess.Popen(command(data, run_dir, *steps, *resume), cwd=ROOT, env=ENV,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for_rows(process, run_dir, rows)
+        wait_for_progress(process, run_dir, rows)
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
         if process.returncode == 0:  # it finished first: nothing left to interrupt
@@ -81,7 +81,7 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
     assert orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"] == "completed"
 
 
-def wait_for_rows(process: subprocess.Popen, run_dir: Path, rows: int = 1, timeout: float = 120.0) -> None:
+def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, timeout: float = 120.0) -> None:
     """Until the trainer has logged `rows` new metrics rows (it is past its start-up and training),
     or ended."""
     metrics = run_dir / METRICS_FILE
@@ -99,7 +99,7 @@ def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holde
     first = subprocess.Popen(command(token_dir, run_dir, "--max_steps", "1000000"), cwd=ROOT, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_rows(first, run_dir)  # the first trainer holds the lock and trains
+        wait_for_progress(first, run_dir)  # the first trainer holds the lock and trains
         assert first.poll() is None
         # The second trainer: the command's main() in this process, a process apart from the first.
         assert main(command(token_dir, run_dir, "--max_steps", "10", "--resume")[3:]) != 0
