@@ -151,7 +151,7 @@ def test_bf16_forward_stays_close_to_float32():
     torch.testing.assert_close(half.float(), forward(params, tokens, config), atol=0.1, rtol=0.05)
 
 
-@pytest.mark.slow  # torch.compile: tens of seconds on a CPU
+@pytest.mark.slow  # torch.compile: 10-15 s on a busy 2-core CPU
 def test_compiled_forward_and_func_grad_match_eager():
     config = small_config(num_layers=1)
     params = init_params(config, torch.Generator().manual_seed(0))
