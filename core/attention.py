@@ -17,7 +17,15 @@ KV = tuple[Tensor, Tensor]
 Rotation = tuple[Tensor, Tensor]
 
 
-@torch.compiler.assume_constant_result
+def constant_when_compiled(fn: Callable) -> Callable:
+    """torch.compiler.assume_constant_result, without its import of torch._dynamo: that import
+    costs every command seconds at start-up, compiling or not, and the decorator only sets the mark
+    that dynamo reads when it traces a call (tests/test_model.py checks that the two agree)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_when_compiled
 def rope_table(
     d_k: int, theta: float, max_seq_len: int, device: torch.device
 ) -> tuple[Float[Tensor, "max_seq_len half_d_k"], Float[Tensor, "max_seq_len half_d_k"]]:

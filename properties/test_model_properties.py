@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import examples
 from core.attention import rope
 from core.config import ModelConfig
 from core.layers import log_softmax, rmsnorm, softmax
@@ -45,7 +46,7 @@ def test_cross_entropy_is_finite_non_negative_and_the_gathered_log_softmax(x, da
 
 
 @given(st.integers(2, 50_000), st.floats(-1e4, 1e4))
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 def test_cross_entropy_of_equal_logits_is_log_vocab(vocab, value):
     logits = torch.full((3, vocab), value)
     loss = cross_entropy(logits, torch.zeros(3, dtype=torch.long))
@@ -97,7 +98,7 @@ CAUSAL_PARAMS = init_params(CAUSAL_CONFIG, torch.Generator().manual_seed(0))
     st.data(),
     st.sampled_from([{}, {"norm": "post"}, {"position": "none"}]),
 )
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 def test_changing_a_token_never_changes_earlier_logits(tokens, data, ablation):
     config = ModelConfig(**{**CAUSAL_CONFIG.to_dict(), **ablation})
     params = CAUSAL_PARAMS if not ablation else init_params(config, torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_path
+from conftest import examples, shared_path
 from core.bpe import train_bpe_from_counts
 from core.pretokenize import first_safe_cut, last_safe_cut, special_token_regex, stable_length
 from core.tokenizer import Tokenizer
@@ -57,7 +57,7 @@ def tiktoken_gpt2():
         return tiktoken.get_encoding("gpt2")
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(text=texts)
 def test_encode_matches_tiktoken_and_decode_inverts_it(gpt2, tiktoken_gpt2, text):
     ids = gpt2.encode(text)
@@ -65,7 +65,7 @@ def test_encode_matches_tiktoken_and_decode_inverts_it(gpt2, tiktoken_gpt2, text
     assert gpt2.decode(ids) == text
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(text=texts, continuation=texts)
 # Ends that continuations change: "'l" + "l" is "'ll", and a space run gives its last space to a
 # following word; and a run split in two ("\n", "\n" before a digit) that, cut, would be one.
@@ -83,7 +83,7 @@ def test_the_stable_prefix_is_final_whatever_follows(gpt2_variant, text, continu
     assert tokenizer.encode(text[:n]) + tokenizer.encode(text[n:] + continuation) == whole
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(text=texts, data=st.data())
 def test_encode_iterable_gives_the_ids_of_the_whole_text_however_it_is_chunked(gpt2_variant, text, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
@@ -93,7 +93,7 @@ def test_encode_iterable_gives_the_ids_of_the_whole_text_however_it_is_chunked(g
     assert streamed == gpt2_variant.encode(text)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(text=st.lists(_pieces, max_size=80).map("".join), data=st.data())
 def test_safe_cuts_split_text_into_independently_tokenized_pieces(gpt2_variant, text, data):
     raw = text.encode("utf-8")
@@ -133,7 +133,7 @@ def naive_merges(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[b
     return merges
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     word_counts=st.dictionaries(
         st.lists(st.sampled_from(b"ab \xff\x00"), min_size=1, max_size=8).map(bytes), st.integers(1, 9), max_size=12

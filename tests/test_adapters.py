@@ -246,6 +246,7 @@ def test_adamw_shell_matches_snapshot():
     np.testing.assert_allclose(train_linear(adapters.get_adamw_cls()).numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.slow  # four 1000-step runs; the snapshot and the bit-for-bit tests stay in `just test`
 def test_adamw_shell_matches_torch_adamw_after_1000_steps():
     # float64: the same arithmetic; float32: rounding differs (see params/optimizer.py), ours is
     # the closer one to the float64 run.

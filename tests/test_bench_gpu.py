@@ -3,10 +3,13 @@ seconds, so that the script cannot rot between GPU runs."""
 
 import re
 
+import pytest
+
 from bench.gpu import VARIANTS, main
 
 
-def test_smoke_prints_every_row_and_a_falling_loss(one_thread, capsys):
+@pytest.mark.slow  # a benchmark script's check, not the toolkit's: seconds that `just test` spares
+def test_smoke_prints_every_row_and_a_falling_loss(capsys):
     main(["--smoke"])
     out = capsys.readouterr().out
     for shape in ("baseline", "gpt2-small"):

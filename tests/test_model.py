@@ -67,6 +67,14 @@ def test_rope_table_is_cached_per_shape_and_device():
     assert rope_table(16, 10000.0, 64, torch.device("cpu")) is not a
 
 
+def test_rope_table_carries_the_mark_that_torch_compiler_gives_a_constant():
+    def table():
+        return 1
+
+    marked = torch.compiler.assume_constant_result(table)
+    assert vars(marked) and vars(marked).items() <= vars(rope_table).items()
+
+
 def test_rope_table_first_built_inside_torch_func_grad_is_a_plain_tensor():
     def loss(x):
         cos, _ = rope_table(6, 123.0, 8, x.device)
@@ -143,6 +151,7 @@ def test_bf16_forward_stays_close_to_float32():
     torch.testing.assert_close(half.float(), forward(params, tokens, config), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.slow  # torch.compile: 10-15 s on a busy 2-core CPU
 def test_compiled_forward_and_func_grad_match_eager():
     config = small_config(num_layers=1)
     params = init_params(config, torch.Generator().manual_seed(0))

@@ -21,14 +21,14 @@ def _tokens(seq: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("seq", [CONFIG.context_length, 7])
-def test_peer_logits_equal_ours(one_thread, seq):
+def test_peer_logits_equal_ours(seq):
     params = init_params(CONFIG, torch.Generator().manual_seed(0))
     x, _ = _tokens(seq)
     with torch.no_grad():
         torch.testing.assert_close(from_params(params, CONFIG)(x), forward(params, x, CONFIG), atol=1e-4, rtol=1e-4)
 
 
-def test_peer_loss_and_gradients_equal_ours(one_thread):
+def test_peer_loss_and_gradients_equal_ours():
     params = init_params(CONFIG, torch.Generator().manual_seed(0))
     x, y = _tokens(CONFIG.context_length)
     peer = from_params(params, CONFIG)

@@ -43,9 +43,6 @@ TINY = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture
 def token_dir(tmp_path: Path) -> Path:
     """train.npy / valid.npy: a repeating 24-token pattern, so the next token is learnable."""
@@ -207,12 +204,8 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_p
     assert read_train_state(checkpoint_path(run_dir))["step"] == summary["step"] >= 3
     assert b"resume with" in stderr
 
-    target = summary["step"] + 3
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pipelines.training.cli", "--resume", "--run_dir", str(run_dir), "--max_steps", str(target)],
-        cwd=ROOT, env=env, capture_output=True, timeout=120,
-    )
-    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    target = summary["step"] + 3  # resumed by the command's main() in this process: no second interpreter
+    assert main(["--resume", "--run_dir", str(run_dir), "--max_steps", str(target)]) == 0
     final = orjson.loads((run_dir / "summary.json").read_bytes())
     assert final["status"] == "completed" and final["step"] == target
 
