@@ -56,6 +56,8 @@ def rope_rotation(
 
 
 # -- the reference math: the handout's equations, every axis named --------------------------------
+# einx traces an expression once per new combination of shapes, then looks it up on every call:
+# no measurable share of a step at training shapes, a visible one of a toy model's (tests).
 
 
 def rotate_pairs(
