@@ -1,9 +1,15 @@
-"""Rotary position embeddings, scaled dot-product attention and causal multi-head self-attention."""
+"""Rotary position embeddings, scaled dot-product attention and causal multi-head self-attention.
+
+Two sets of kernels compute the same attention (ModelConfig.kernels): the reference math, written
+as the handout writes it, with einx naming every axis (the oracle the adapters and tests use), and
+the fast path of torch's views and fused attention kernel, which the trainer and generation run."""
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
+import einx
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -57,14 +63,19 @@ def rope_rotation(
     return cos_table[positions], sin_table[positions]
 
 
+# -- the reference math: the handout's equations, every axis named --------------------------------
+# einx traces an expression once per new combination of shapes, then looks it up on every call:
+# no measurable share of a step at training shapes, a visible one of a toy model's (tests).
+
+
 def rotate_pairs(
     x: Float[Tensor, "*batch seq d_k"], rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]]
 ) -> Float[Tensor, "*batch seq d_k"]:
     """Rotate each adjacent pair (x[2k], x[2k+1]) by the angle whose cos and sin are given."""
     cos, sin = (t.to(x.dtype) for t in rotation)
-    pairs = x.unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    even, odd = einx.id("... (half pair) -> pair ... half", x, pair=2)
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos))
+    return einx.id("pair ... half -> ... (half pair)", rotated)
 
 
 def rope(
@@ -86,10 +97,10 @@ def scaled_dot_product_attention(
     mask: Bool[Tensor, "*#mbatch q k"] | None = None,
 ) -> Float[Tensor, "*batch q d_v"]:
     """softmax(q k^T / sqrt(d_k)) v, where mask False gives a key probability 0."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = einx.dot("... q [d_k], ... k [d_k] -> ... q k", q, k) / math.sqrt(q.shape[-1])
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ v
+    return einx.dot("... q [k], ... [k] d_v -> ... q d_v", softmax(scores, dim=-1), v)
 
 
 def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Bool[Tensor, "q k"]:
@@ -99,14 +110,75 @@ def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Bool[T
     return torch.arange(num_keys, device=device)[None, :] <= queries
 
 
-# einx.id("... s (h d) -> ... h s d") / einx.dot would read better, but their ~40 us dispatch per call
-# halves KV-cache decoding (bench.generate, 1 thread: 773 -> 333 tokens/s); training steps time the same.
+def causal_attention(
+    q: Float[Tensor, "*batch q d_k"], k: Float[Tensor, "*batch k d_k"], v: Float[Tensor, "*batch k d_v"]
+) -> Float[Tensor, "*batch q d_v"]:
+    """Causal attention of the last q of k positions (the handout's math, mask materialised)."""
+    return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[-2], k.shape[-2], q.device))
+
+
 def split_heads(x: Float[Tensor, "*batch seq d_model"], num_heads: int) -> Float[Tensor, "*batch heads seq d_k"]:
-    return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+    return einx.id("... seq (heads d_k) -> ... heads seq d_k", x, heads=num_heads)
 
 
 def merge_heads(x: Float[Tensor, "*batch heads seq d_k"]) -> Float[Tensor, "*batch seq d_model"]:
+    return einx.id("... heads seq d_k -> ... seq (heads d_k)", x)
+
+
+# -- the fast path: torch's views and F.scaled_dot_product_attention ---------------------------
+# The same functions as above without einx, which looks up its compiled expression by the shapes
+# on every call: on this path that dispatch halves KV-cache decoding, a few small ops per layer and
+# token (one thread, cpu-small shape, einx 0.4.3), while training steps, of large ops, time the same.
+
+
+def fast_rotate_pairs(
+    x: Float[Tensor, "*batch seq d_k"], rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]]
+) -> Float[Tensor, "*batch seq d_k"]:
+    cos, sin = (t.to(x.dtype) for t in rotation)
+    pairs = x.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+def fast_split_heads(x: Float[Tensor, "*batch seq d_model"], num_heads: int) -> Float[Tensor, "*batch heads seq d_k"]:
+    return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+
+
+def fast_merge_heads(x: Float[Tensor, "*batch heads seq d_k"]) -> Float[Tensor, "*batch seq d_model"]:
     return x.transpose(-3, -2).flatten(-2)
+
+
+def fused_causal_attention(
+    q: Float[Tensor, "*batch q d_k"], k: Float[Tensor, "*batch k d_k"], v: Float[Tensor, "*batch k d_v"]
+) -> Float[Tensor, "*batch q d_v"]:
+    """Causal attention of the last q of k positions through torch's fused kernel.
+
+    torch's is_causal aligns the mask to the top-left (query i sees keys j <= i), right only when
+    q == k; a single new query sees every key and needs no mask; new positions over a KV cache
+    (1 < q < k) take causal_mask()'s bottom-right alignment explicitly."""
+    num_queries, num_keys = q.shape[-2], k.shape[-2]
+    if num_queries == num_keys:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if num_queries == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))
+
+
+# -- multi-head self-attention, over either set of kernels -------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionKernels:
+    """The primitives of multihead_self_attention_step under one value of ModelConfig.kernels."""
+
+    split_heads: Callable[[Tensor, int], Tensor]
+    merge_heads: Callable[[Tensor], Tensor]
+    rotate_pairs: Callable[[Tensor, Rotation], Tensor]
+    attend: Callable[[Tensor, Tensor, Tensor], Tensor]  # causal attention of the last q of k positions
+
+
+REFERENCE_ATTENTION = AttentionKernels(split_heads, merge_heads, rotate_pairs, causal_attention)
+FAST_ATTENTION = AttentionKernels(fast_split_heads, fast_merge_heads, fast_rotate_pairs, fused_causal_attention)
 
 
 def multihead_self_attention(
@@ -118,7 +190,7 @@ def multihead_self_attention(
     max_seq_len: int | None = None,
     positions: Int[Tensor, "*#pbatch seq"] | None = None,
 ) -> Float[Tensor, "*batch seq d_model"]:
-    """Causal self-attention; RoPE on queries and keys when rope_theta is given.
+    """Causal self-attention (the reference math); RoPE on queries and keys when rope_theta is given.
 
     params: {"q_proj", "k_proj", "v_proj", "output_proj"} each {"weight": (d_model, d_model)},
     heads stacked along the rows in order. positions default to 0 .. seq-1."""
@@ -131,13 +203,6 @@ def multihead_self_attention(
         rotation = rope_rotation(x.shape[-1] // num_heads, rope_theta, max_seq_len, positions)
     out, _ = multihead_self_attention_step(params, x, num_heads, rotation=rotation)
     return out
-
-
-def causal_attention(
-    q: Float[Tensor, "*batch q d_k"], k: Float[Tensor, "*batch k d_k"], v: Float[Tensor, "*batch k d_v"]
-) -> Float[Tensor, "*batch q d_v"]:
-    """Causal attention of the last q of k positions (the handout's math, mask materialised)."""
-    return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[-2], k.shape[-2], q.device))
 
 
 def mix_values(
@@ -160,15 +225,15 @@ def multihead_self_attention_step(
     *,
     rotation: tuple[Float[Tensor, "*#rbatch seq half_d_k"], Float[Tensor, "*#rbatch seq half_d_k"]] | None = None,
     past: KV | None = None,
-    attend: Callable[[Tensor, Tensor, Tensor], Tensor] = causal_attention,
+    kernels: AttentionKernels = REFERENCE_ATTENTION,
     qk_norm: Callable[[Tensor, Tensor], Tensor] | None = None,
     first_values: Float[Tensor, "*batch heads seq d_k"] | None = None,
 ) -> tuple[Float[Tensor, "*batch seq d_model"], KV]:
     """Self-attention of new positions over `past` keys/values plus their own (a KV cache).
 
-    `rotation` is rope_rotation() of the new positions (None: no position information); `attend`
-    is the causal attention of the heads (causal_attention, or fused_causal_attention on torch's
-    kernel). `qk_norm(gain, t)`, when given, is the RMSNorm applied to each head's queries and keys
+    `rotation` is rope_rotation() of the new positions (None: no position information); `kernels`
+    split and merge the heads, rotate the pairs and attend (REFERENCE_ATTENTION, or FAST_ATTENTION
+    on torch's kernels). `qk_norm(gain, t)`, when given, is the RMSNorm applied to each head's queries and keys
     with gains params["q_norm"] and params["k_norm"]; `first_values`, when given, are mixed into
     the values with params["value_lambda"] (mix_values). Returns the output and the keys/values
     extended by the new positions; the values are cached mixed, so a decode step needs no v1 of
@@ -177,36 +242,17 @@ def multihead_self_attention_step(
     Three projections, not one matmul of torch.cat((wq, wk, wv)): the cat measured no faster
     (forward+backward, eager, 2 threads, median of 8: handout shape batch 4 741.5 ms separate vs
     750.2 ms cat; cpu-small batch 32 283.4 vs 281.2 ms, within noise)."""
-    q = split_heads(linear(params["q_proj"]["weight"], x), num_heads)
-    k = split_heads(linear(params["k_proj"]["weight"], x), num_heads)
-    v = split_heads(linear(params["v_proj"]["weight"], x), num_heads)
+    q = kernels.split_heads(linear(params["q_proj"]["weight"], x), num_heads)
+    k = kernels.split_heads(linear(params["k_proj"]["weight"], x), num_heads)
+    v = kernels.split_heads(linear(params["v_proj"]["weight"], x), num_heads)
     if qk_norm is not None:  # before RoPE, as in the records: a per-dimension gain does not commute with it
         q, k = qk_norm(params["q_norm"]["weight"], q), qk_norm(params["k_norm"]["weight"], k)
     if first_values is not None:
         v = mix_values(params["value_lambda"], v, first_values)
     if rotation is not None:
         per_head = tuple(t.unsqueeze(-3) for t in rotation)  # broadcast over the heads axis
-        q, k = rotate_pairs(q, per_head), rotate_pairs(k, per_head)
+        q, k = kernels.rotate_pairs(q, per_head), kernels.rotate_pairs(k, per_head)
     if past is not None:
         k = torch.cat((past[0], k), dim=-2)
         v = torch.cat((past[1], v), dim=-2)
-    return linear(params["output_proj"]["weight"], merge_heads(attend(q, k, v))), (k, v)
-
-
-# -- the fast path: F.scaled_dot_product_attention --------------------------------------------
-
-
-def fused_causal_attention(
-    q: Float[Tensor, "*batch q d_k"], k: Float[Tensor, "*batch k d_k"], v: Float[Tensor, "*batch k d_v"]
-) -> Float[Tensor, "*batch q d_v"]:
-    """Causal attention of the last q of k positions through torch's fused kernel.
-
-    torch's is_causal aligns the mask to the top-left (query i sees keys j <= i), right only when
-    q == k; a single new query sees every key and needs no mask; new positions over a KV cache
-    (1 < q < k) take causal_mask()'s bottom-right alignment explicitly."""
-    num_queries, num_keys = q.shape[-2], k.shape[-2]
-    if num_queries == num_keys:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if num_queries == 1:
-        return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))
+    return linear(params["output_proj"]["weight"], kernels.merge_heads(kernels.attend(q, k, v))), (k, v)

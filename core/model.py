@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from core.attention import KV, Rotation, causal_attention, fused_causal_attention, multihead_self_attention_step, rope_rotation
+from core.attention import (
+    FAST_ATTENTION, KV, REFERENCE_ATTENTION, AttentionKernels, Rotation, multihead_self_attention_step, rope_rotation,
+)
 from core.config import ModelConfig
 from core.layers import embedding, fused_rmsnorm, linear, relu2_ffn, rmsnorm, silu, silu_ffn, softcap, swiglu
 from core.loss import cross_entropy, fused_cross_entropy
@@ -26,14 +28,14 @@ class Kernels:
     model around them is written once."""
 
     rmsnorm: Callable
-    attention: Callable  # causal attention of the last q of k positions
+    attention: AttentionKernels  # head split and merge, RoPE's rotation, causal attention
     silu: Callable
     cross_entropy: Callable
 
 
 KERNELS = {
-    "reference": Kernels(rmsnorm, causal_attention, silu, cross_entropy),
-    "torch": Kernels(fused_rmsnorm, fused_causal_attention, F.silu, fused_cross_entropy),
+    "reference": Kernels(rmsnorm, REFERENCE_ATTENTION, silu, cross_entropy),
+    "torch": Kernels(fused_rmsnorm, FAST_ATTENTION, F.silu, fused_cross_entropy),
 }
 
 
@@ -64,7 +66,7 @@ def _attention(
     kernels = KERNELS[config.kernels]
     qk_norm = partial(kernels.rmsnorm, eps=config.rmsnorm_eps) if config.qk_norm else None
     return multihead_self_attention_step(
-        params, x, config.num_heads, rotation=rotation, past=past, attend=kernels.attention, qk_norm=qk_norm,
+        params, x, config.num_heads, rotation=rotation, past=past, kernels=kernels.attention, qk_norm=qk_norm,
         first_values=first_values,
     )
 

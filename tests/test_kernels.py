@@ -1,6 +1,7 @@
 """The fast path (ModelConfig.kernels="torch": torch's fused kernels) against the reference math
 (kernels="reference", the handout's oracle): the same logits and gradients for every ablation,
-and the same logits when decoding against a KV cache."""
+the same logits when decoding against a KV cache, and the same head and pair rearrangements
+(views on the fast path, einx expressions in the reference)."""
 
 from dataclasses import replace
 
@@ -8,7 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.attention import causal_mask, fused_causal_attention, scaled_dot_product_attention
+from core.attention import (
+    FAST_ATTENTION,
+    REFERENCE_ATTENTION,
+    causal_mask,
+    fast_merge_heads,
+    fast_rotate_pairs,
+    fast_split_heads,
+    fused_causal_attention,
+    merge_heads,
+    rotate_pairs,
+    scaled_dot_product_attention,
+    split_heads,
+)
 from core.config import ModelConfig
 from core.layers import fused_rmsnorm, rmsnorm, silu_ffn, swiglu
 from core.loss import cross_entropy, fused_cross_entropy
@@ -95,6 +108,52 @@ def test_fused_causal_attention_aligns_the_mask_bottom_right(num_queries):
     q, k, v = randn(0, 2, 3, num_queries, 8), randn(1, 2, 3, 6, 8), randn(2, 2, 3, 6, 8)
     expected = scaled_dot_product_attention(q, k, v, causal_mask(num_queries, 6, q.device))
     torch.testing.assert_close(fused_causal_attention(q, k, v), expected, **TOL)
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)], ids=["no-batch", "batch", "batch,heads"])
+def test_fast_views_equal_the_einx_reference_bit_for_bit(batch):
+    x, rotation = randn(0, *batch, 5, 16), (randn(1, 5, 8), randn(2, 5, 8))
+    heads = split_heads(x, 4)
+    assert heads.shape == (*batch, 4, 5, 4) and torch.equal(heads[..., 1, :, :], x[..., 4:8])  # head h: columns h*d_k ..
+    assert torch.equal(fast_split_heads(x, 4), heads)
+    assert torch.equal(fast_merge_heads(heads), merge_heads(heads)) and torch.equal(merge_heads(heads), x)
+    rotated = rotate_pairs(x, rotation)
+    assert torch.equal(fast_rotate_pairs(x, rotation), rotated)
+    cos, sin = rotation
+    torch.testing.assert_close(rotated[..., 2:4], torch.stack((x[..., 2] * cos[:, 1] - x[..., 3] * sin[:, 1],
+                                                               x[..., 2] * sin[:, 1] + x[..., 3] * cos[:, 1]), dim=-1))
+    assert KERNELS["reference"].attention is REFERENCE_ATTENTION and KERNELS["torch"].attention is FAST_ATTENTION
+
+
+def test_the_reference_path_runs_under_vmap_of_grad():
+    """einx under torch.func: per-sequence gradients through vmap equal those taken one by one (as
+    the GNS test's ground truth takes them)."""
+    reference = config("reference")
+    params = init_params(reference, torch.Generator().manual_seed(0))
+    x, y = tokens(1, reference, batch=3), tokens(2, reference, batch=3)
+    one = torch.func.grad(lambda p, xi, yi: cross_entropy(forward(p, xi[None], reference), yi[None]))
+    batched = torch.func.vmap(one, in_dims=(None, 0, 0))(params, x, y)
+    for i in range(3):
+        for leaf, single in zip(tree_leaves(batched), tree_leaves(one(params, x[i], y[i])), strict=True):
+            torch.testing.assert_close(leaf[i], single, **TOL)
+
+
+@pytest.mark.slow
+def test_the_reference_path_compiles_to_the_same_logits_and_gradients():
+    """bench/model.py compiles the reference math (einx's ops are allowed in dynamo's graph)."""
+    reference = config("reference")
+    params = init_params(reference, torch.Generator().manual_seed(0))
+    x, y = tokens(1, reference), tokens(2, reference)
+
+    def loss(p):
+        return cross_entropy(forward(p, x, reference), y)
+
+    compiled_grads, compiled_loss = torch.compile(torch.func.grad_and_value(loss))(params)
+    grads, value = torch.func.grad_and_value(loss)(params)
+    torch.testing.assert_close(compiled_loss, value, **TOL)
+    for compiled_grad, grad in zip(tree_leaves(compiled_grads), tree_leaves(grads), strict=True):
+        torch.testing.assert_close(compiled_grad, grad, **TOL)
+    torch.testing.assert_close(torch.compile(forward)(params, x, reference), forward(params, x, reference), **TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
