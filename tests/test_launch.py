@@ -15,10 +15,12 @@ import orjson
 import pytest
 
 from pipelines.training.cli import main
+from pipelines.training.run import loop as loop_module
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
 from tests.test_guarantees import wait_for_progress
+from tests.test_train import tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -168,3 +170,21 @@ def alive(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_a_stop_signal_that_lands_during_the_processes_agreement_is_not_lost(token_dir, tmp_path, monkeypatch):
+    """The launcher's SIGTERM (or torchrun's SIGINT) is sent once; with several processes it most
+    often lands while the loop waits in the collective that agrees on stopping."""
+    agree = loop_module.any_process
+
+    def signalled_during_the_collective(flag: bool, processes, device) -> bool:
+        answer = agree(flag, processes, device)
+        if not flag and not hasattr(signalled_during_the_collective, "sent"):
+            signalled_during_the_collective.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, before the answer is returned
+        return answer
+
+    monkeypatch.setattr(loop_module, "any_process", signalled_during_the_collective)
+    run_dir = loop_module.train(tiny_config(token_dir, tmp_path / "run", {"max_steps": 50}))
+    summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
+    assert summary["status"] == "interrupted" and summary["step"] == 2, summary

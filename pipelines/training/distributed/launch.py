@@ -80,9 +80,6 @@ def _run_agent(nproc: int, threads: int, worker_argv: list[str], log_dir: Path) 
     os.environ[LAUNCHER_PID] = str(os.getpid())
     agent_args = parse_args([
         "--standalone", f"--nproc-per-node={nproc}", f"--log-dir={log_dir}", f"--shutdown-timeout={int(GRACE_S)}",
-        # SIGINT stays Python's KeyboardInterrupt: the agent then stops the workers with SIGTERM, which
-        # they answer by saving (a second SIGINT, on top of the terminal's own Ctrl-C, would cut them short).
-        "--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT",
         "-m", "pipelines.training.cli", *worker_argv,
     ])
     _quiet_agent_logs()
@@ -90,25 +87,27 @@ def _run_agent(nproc: int, threads: int, worker_argv: list[str], log_dir: Path) 
         run(agent_args)
     except ChildFailedError as failed:
         return _explain(failed.failures)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except SignalException as signalled:
-        return 128 + int(signalled.sigval)
+    except SignalException as signalled:  # passed on to the workers (each in a session of its own), which save and stop
+        return EXIT_INTERRUPTED if signalled.sigval == signal.SIGINT else 128 + int(signalled.sigval)
     return 0
 
 
 def _explain(failures: dict) -> int:
-    """Say what the workers could not (one line for each killed by a signal); the exit code:
-    the main worker's, else the first failure's."""
-    for rank, failure in sorted(failures.items()):
+    """Say what the workers could not: one line for each killed by a signal, leaving out those the
+    agent itself stopped with SIGTERM after another had failed. The exit code: the main worker's,
+    else the first failure's."""
+    failures = dict(sorted(failures.items()))
+    causes = {rank: failure for rank, failure in failures.items() if failure.exitcode != -signal.SIGTERM} or failures
+    for rank, failure in causes.items():
         if failure.exitcode < 0:
             print(f"error: process {rank} (pid {failure.pid}) was killed by {signal.Signals(-failure.exitcode).name}", file=sys.stderr)
-    codes = [failure.exitcode for _, failure in sorted(failures.items()) if failure.exitcode > 0]
+    codes = [failure.exitcode for failure in failures.values() if failure.exitcode > 0]
     return codes[0] if codes else 1
 
 
 def _quiet_agent_logs() -> None:
     # The agent logs each start, stop and failure as a warning; this process reports them itself.
-    agent_logs = logging.getLogger("torch.distributed")
-    agent_logs.addHandler(logging.NullHandler())
-    agent_logs.propagate = False
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run"):
+        agent_logs = logging.getLogger(name)
+        agent_logs.addHandler(logging.NullHandler())
+        agent_logs.propagate = False
