@@ -16,12 +16,14 @@ traceback. The workers explain their own refusals (the main one prints them); th
 line only for what they could not say: a worker killed by a signal.
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -51,8 +53,9 @@ def launch(config: TrainConfig, nproc: int, *, resume: bool) -> int:
     try:
         (scratch / "config.json").write_bytes(orjson.dumps(config.to_dict()))
         worker_argv = [config.dataset, "--config", str(scratch / "config.json"), *(["--resume"] if resume else [])]
-        os.environ[LAUNCH_SCRATCH] = str(scratch)
-        return _run_agent(nproc, threads, worker_argv, scratch / "logs")
+        # What the workers inherit: torchrun passes this process's environment on.
+        with _environment({"OMP_NUM_THREADS": str(threads), LAUNCHER_PID: str(os.getpid()), LAUNCH_SCRATCH: str(scratch)}):
+            return _run_agent(nproc, worker_argv, scratch / "logs")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -74,10 +77,8 @@ def check_before_launch(config: TrainConfig, nproc: int, *, resume: bool) -> Tra
     return config
 
 
-def _run_agent(nproc: int, threads: int, worker_argv: list[str], log_dir: Path) -> int:
+def _run_agent(nproc: int, worker_argv: list[str], log_dir: Path) -> int:
     """torchrun --standalone, in this process, starting `nproc` trainers with `worker_argv`."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ[LAUNCHER_PID] = str(os.getpid())
     agent_args = parse_args([
         "--standalone", f"--nproc-per-node={nproc}", f"--log-dir={log_dir}", f"--shutdown-timeout={int(GRACE_S)}",
         "-m", "pipelines.training.cli", *worker_argv,
@@ -103,6 +104,20 @@ def _explain(failures: dict) -> int:
             print(f"error: process {rank} (pid {failure.pid}) was killed by {signal.Signals(-failure.exitcode).name}", file=sys.stderr)
     codes = [failure.exitcode for failure in failures.values() if failure.exitcode > 0]
     return codes[0] if codes else 1
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _quiet_agent_logs() -> None:
