@@ -1,7 +1,8 @@
 """`--nproc N` through the real command line: it starts on a fresh run directory with text data
 (the tokenizer trained and the text encoded once, before any worker exists), only the main process
-speaks, a setting refused for data-parallel runs is one line before anything starts, and a
-launcher killed with SIGKILL takes its workers with it and frees the run directory."""
+speaks, a setting refused for data-parallel runs is one line before anything starts, a launcher
+killed with SIGKILL takes its workers with it and frees the run directory, and the one stop signal
+the workers get is never lost."""
 
 import os
 import random
