@@ -14,7 +14,9 @@ from pathlib import Path
 
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config
 from pipelines.training.hardware.device import select_device
+from pipelines.training.distributed.launch import launch
 from pipelines.training.distributed.processes import launched_by_torchrun
+from pipelines.training.distributed.worker import become_worker
 from pipelines.training.run.loop import run_training
 from pipelines.training.config.presets import preset_for_device
 from pipelines.training.storage.run_dir import CONFIG_FILE
@@ -46,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if launched_by_torchrun():
+        become_worker()  # stop with the launcher; only the main process prints
     args = parser().parse_args(argv)
     if args.nproc is not None and args.nproc < 1:
         print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
@@ -55,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # one line: argparse's error() would add the long usage
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.nproc and args.nproc > 1 and not launched_by_torchrun():
-        _run_under_torchrun(args.nproc, argv)  # does not return
     try:
+        if args.nproc and args.nproc > 1 and not launched_by_torchrun():
+            return launch(config, args.nproc, resume=args.resume)
         run_dir, status = run_training(config, resume=args.resume)
     except (OSError, ValueError, ImportError) as error:  # missing data, occupied run dir, bad tokens...
         print(f"error: {error}", file=sys.stderr)
@@ -72,16 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status == "interrupted" and int(os.environ.get("RANK", "0")) == 0:
         print(f"resume with: just train --resume --run_dir {run_dir}", file=sys.stderr)
     return EXIT_CODES[status]
-
-
-def _run_under_torchrun(nproc: int, argv: list[str]) -> None:
-    """Replace this process by torchrun starting `nproc` of these trainers on this machine."""
-    rest = [arg for i, arg in enumerate(argv) if not (arg.startswith("--nproc") or (i > 0 and argv[i - 1] == "--nproc"))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "pipelines.training.cli", *rest]
-    print(f"starting {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m pipelines.training.cli ...", file=sys.stderr)
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,7 +1,9 @@
 """Data parallelism on torch.distributed: who this process is, and the few collectives the loop needs.
 
-Processes are started by torchrun (`torchrun --nproc_per_node N -m pipelines.training.cli ...`,
-or `just train ... --nproc N`), which sets RANK, WORLD_SIZE and LOCAL_RANK. Without them the run
+Processes are started by torchrun (`just train ... --nproc N`, which checks everything first and
+runs torchrun's agent itself: pipelines/training/distributed/launch.py; or by hand,
+`.venv/bin/torchrun --nproc_per_node N -m pipelines.training.cli ...`), which sets RANK,
+WORLD_SIZE and LOCAL_RANK; each process first sets itself up as a worker (worker.py). Without them the run
 is one process and every function here is a no-op. The backend follows the device: NCCL on CUDA
 (each process pinned to GPU LOCAL_RANK), gloo on the CPU. Every process holds the whole model;
 the gradient average is pipelines/training/distributed/grad_sync.py.

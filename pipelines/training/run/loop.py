@@ -82,8 +82,10 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
                 what = "loss" if not bool(torch.isfinite(metrics["loss"])) else "gradient norm"
                 return progress.diverged(run, state, f"non-finite {what} at step {state.step + 1}")
             pending.append(metrics)
-            stop.requested = any_process(stop.requested, run.processes, run.device)  # all stop at one step
-            if not is_boundary(config, state.step, stop.requested):
+            # All stop at one step. The flag is only read here: a signal handled while the collective
+            # runs would otherwise be overwritten by its answer, and lost.
+            stopping = any_process(stop.requested, run.processes, run.device)
+            if not is_boundary(config, state.step, stopping):
                 continue
             state = state.replace(elapsed=progress.clock.elapsed())
             progress.train_loss, pending = _log_training(run, state, pending, progress, bar), []
@@ -91,11 +93,11 @@ def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
                 progress.val_loss = _log_validation(run, state, bar)
                 if not math.isfinite(progress.val_loss):
                     return progress.diverged(run, state, f"non-finite validation loss at step {state.step}")
-            if state.step % config.checkpoint_every == 0 or stop.requested:
+            if state.step % config.checkpoint_every == 0 or stopping:
                 stopped = progress.checkpoint(run, (LAST,), state)
                 if stopped is not None:
                     return stopped
-            if stop.requested and state.step < config.max_steps:
+            if stopping and state.step < config.max_steps:
                 message = f"interrupted at step {state.step}; checkpoint saved to {checkpoint_path(run.run_dir)}"
                 return progress.outcome(state, "interrupted", message)
             progress.clock.pause()  # evaluation and checkpointing are not training time

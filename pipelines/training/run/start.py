@@ -14,6 +14,7 @@ import orjson
 import torch
 
 from core.accounting import training_step_flops
+from core.errors import UsageError
 from core.config import ModelConfig
 from core.train_state import TrainState, init_train_state
 from core.train_step import make_train_step
@@ -44,13 +45,15 @@ def start(config: TrainConfig, *, resume: bool) -> tuple[Run, TrainState]:
     if config.gns:
         config.gns_batch_sizes(processes.world)  # refused here, before any work, without two sizes
     # The run directory's default name has the time in it: the main process's name for everyone.
-    config = broadcast_object(_on_main_first(processes, lambda: _with_run_dir(config)), processes)
-    checked = _on_main_first(processes, lambda: _check_before_work(config, resume, device))
+    config = broadcast_object(_on_main_first(processes, lambda: with_run_dir(config)), processes)
+    checked = _on_main_first(processes, lambda: check_before_work(config, resume, device))
     # The others open what the main process checked (and cached), while it takes the run directory.
-    saved, data, wandb = checked if processes.main else _check_before_work(config, resume, device, main=False)
+    saved, data, wandb = checked if processes.main else check_before_work(config, resume, device, main=False)
     lock = _on_main_first(processes, lambda: take_run_dir(config))
     try:
-        data = with_run_tokenizer(data, Path(config.run_dir), config.model.vocab_size)
+        # The main process copies the tokenizer into the run directory; the others then only read it.
+        copied = _on_main_first(processes, lambda: with_run_tokenizer(data, Path(config.run_dir), config.model.vocab_size))
+        data = copied if processes.main else with_run_tokenizer(data, Path(config.run_dir), config.model.vocab_size)
         return _build_run(config, device, processes, saved, data, wandb, lock)
     except BaseException:
         if lock is not None:
@@ -76,12 +79,12 @@ def _on_main_first(processes: Processes, work):
     return result
 
 
-def _with_run_dir(config: TrainConfig) -> TrainConfig:
+def with_run_dir(config: TrainConfig) -> TrainConfig:
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return with_overrides(config, {"run_dir": str(run_dir)})
 
 
-def _check_before_work(
+def check_before_work(
     config: TrainConfig, resume: bool, device: torch.device, *, main: bool = True
 ) -> tuple[dict | None, TrainingData, object]:
     """The checkpoint to resume, the data and wandb; every refusal (busy or occupied run directory,
@@ -89,7 +92,7 @@ def _check_before_work(
     before anything is written. Only the `main` process, which writes, checks the run directory."""
     run_dir = Path(config.run_dir)
     if config.shard_optimizer and config.optim.name != "adamw":
-        raise ValueError(f"--shard_optimizer shards AdamW's moments; optim.name is {config.optim.name!r}")
+        raise UsageError(f"--shard_optimizer shards AdamW's moments; optim.name is {config.optim.name!r}")
     if main:
         check_run_dir_free(run_dir)
         check_fits(config, device)
