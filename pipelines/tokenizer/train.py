@@ -1,6 +1,9 @@
 """Train a byte-level BPE tokenizer on a text file and save it (vocab.json, merges.txt, special_tokens.json).
 
-    python -m pipelines.tokenizer.train INPUT --vocab-size 10000 --special '<|endoftext|>' --out DIR [--force]
+    python -m pipelines.tokenizer.train INPUT --model.vocab_size 10000 --special '<|endoftext|>' --out DIR [--force]
+
+`--model.vocab_size` is the trainer's name for the same number: the model's vocabulary is the
+tokenizer's.
 
 Pre-token counting runs in parallel: the file is split into byte ranges at safe cuts (before a
 special token, or after a lone newline; see core/pretokenize.py), and each worker streams its range
@@ -12,7 +15,6 @@ is checked before training (pipelines/tokenizer/outputs.py): a folder already ho
 files is written over only with --force.
 """
 
-import argparse
 import os
 import resource
 import sys
@@ -28,6 +30,8 @@ from tqdm import tqdm
 from core.bpe import extend_vocab, initial_vocab, iter_merges
 from core.pretokenize import count_pretokens, special_token_regex
 from core.tokenizer import Tokenizer
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 from pipelines.tokenizer.outputs import check_outputs
 from pipelines.tokenizer.store import TOKENIZER_FILES, save_tokenizer
@@ -126,23 +130,30 @@ def _peak_memory_mib() -> float:
     return (own + children) / 1024
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer.train", description=__doc__.split("\n")[0])
+# Token files hold ids as uint32 at most (pipelines/tokenizer/encode.py).
+MAX_VOCAB_SIZE = 2**32
+
+
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.tokenizer.train", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 training text")
-    parser.add_argument("--vocab-size", type=int, required=True, help="size of the final vocabulary, specials included")
+    parser.add_argument("--model.vocab_size", dest="vocab_size", type=integer(1, MAX_VOCAB_SIZE), required=True, metavar="N",
+                        help="size of the final vocabulary, specials included")
     parser.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the tokenizer into")
-    parser.add_argument("--workers", type=int, default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
+    parser.add_argument("--workers", type=integer(1, 4096), default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
     parser.add_argument("--force", action="store_true", help="write over a tokenizer already in --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     started = time.perf_counter()
-    try:
-        check_tokenizer_out(args.out, check_text_file(args.input), args.force)  # before the long part
-        vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
-        out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+    check_tokenizer_out(args.out, check_text_file(args.input), args.force)  # before the long part
+    vocab, merges = train_bpe(args.input, args.vocab_size, args.special, num_workers=args.workers, progress=True)
+    out = save_tokenizer(Tokenizer(vocab, merges, args.special), args.out)
     elapsed = time.perf_counter() - started
 
     specials = {token.encode("utf-8") for token in args.special}
@@ -157,4 +168,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
