@@ -18,6 +18,8 @@ data/tinystories_valid.txt and fixtures/corpus.en. Missing ones are skipped.
 
 import os
 import resource
+import sys
+from collections.abc import Sequence
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,9 @@ import tiktoken
 import tokenizers as hf
 
 from core.tokenizer import Tokenizer
+from bench.common import bench_parser
+from pipelines.command import command
+from pipelines.flags import CommandParser
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.train import default_workers, train_bpe
 
@@ -161,7 +166,13 @@ def bench_compression(tokenizers: dict[str, Tokenizer], corpora: dict[str, Path]
     table(("tokenizer", "vocab", *texts), rows)
 
 
-def main() -> None:
+def parser() -> CommandParser:
+    return bench_parser(__doc__, "tokenizer")
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(argv)
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken-cache"))
     found = {
         "tinystories_train": SHARED / "data/tinystories_train.txt",
@@ -190,4 +201,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
