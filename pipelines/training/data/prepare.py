@@ -23,6 +23,7 @@ import numpy as np
 
 from core.tokenizer import Tokenizer
 
+from pipelines.training.data.dataset_names import check_dataset_matches
 from pipelines.training.data.download import cache_dir, fetch_dataset
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer
@@ -92,6 +93,7 @@ def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> Data
         raise FileNotFoundError(f"--data.tokenizer {tokenizer} is not a directory")
     train_npy, valid_npy = find_split(source, "train", ".npy"), find_split(source, "valid", ".npy")
     if train_npy and valid_npy:
+        check_dataset_matches(config.dataset, train_npy, valid_npy)
         if tokenizer is None and (source / "tokenizer").is_dir():
             tokenizer = source / "tokenizer"
         return DataFiles(train_npy, valid_npy, tokenizer or run_tokenizer)
@@ -102,6 +104,7 @@ def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> Data
             f"{source} holds neither encoded splits (train.npy and valid.npy) nor text splits "
             f"(train.txt and valid.txt, or names containing 'train' and 'valid' such as tinystories_train.txt)"
         )
+    check_dataset_matches(config.dataset, train_txt, valid_txt)
     tokenizer = tokenizer or run_tokenizer
     if tokenizer is None:
         tokenizer = cache_dir() / "tokenizers" / f"{train_txt.stem}-v{config.model.vocab_size}-{file_key(train_txt)}"
