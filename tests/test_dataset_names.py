@@ -51,7 +51,7 @@ def test_each_datasets_offline_hint_gives_its_own_sample(tmp_path, monkeypatch):
     monkeypatch.setenv("LMKIT_SHARED", str(tmp_path))
     assert local_sample_hint("TinyStoriesV2-GPT4-train.txt") == f" For a small local sample: --data.path {tmp_path / 'data'}"
     owt = local_sample_hint("owt_train.txt")
-    assert f"pipelines.experiments.split_text {tmp_path / 'data' / 'owt_sample.txt'} --out cache/owt-sample" in owt
+    assert f"just split-text {tmp_path / 'data' / 'owt_sample.txt'} --out cache/owt-sample" in owt
     assert owt.endswith("then --data.path cache/owt-sample")
     monkeypatch.setenv("LMKIT_SHARED", str(tmp_path / "elsewhere"))
     assert local_sample_hint("owt_train.txt") == ""

@@ -47,6 +47,5 @@ def local_sample_hint(file_name: str) -> str:
     if dataset == "tinystories" and (data / "tinystories_train.txt").is_file():
         return f" For a small local sample: --data.path {data}"
     if dataset == "owt" and (data / "owt_sample.txt").is_file():
-        return (f" For a small local sample: .venv/bin/python -m pipelines.experiments.split_text {data / 'owt_sample.txt'} "
-                f"--out cache/owt-sample, then --data.path cache/owt-sample")
+        return f" For a small local sample: just split-text {data / 'owt_sample.txt'} --out cache/owt-sample, then --data.path cache/owt-sample"
     return ""
