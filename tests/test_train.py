@@ -22,7 +22,7 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training.data.batches import download
+from pipelines.training.data import download
 from pipelines.training.run.run import run as run_module
 from pipelines.training.run.run import start as start_module
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state

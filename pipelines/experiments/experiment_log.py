@@ -176,7 +176,7 @@ def read_log(out: Path, name: str | None = None) -> str:
     if not out.exists():
         return ""
     try:
-        text = out.read_text(encoding="utf-8")
+        text = out.read_bytes().decode("utf-8")  # bytes as they are: no newline translation outside the markers
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--out {out}: cannot read it as UTF-8 text ({error})") from None
     start, end = markers(name)
