@@ -23,10 +23,12 @@ def next_token_probs(
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     logits = logits.float()
-    if temperature == 0:
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or too small to divide by in float32: greedy
         greedy = logits.argmax(dim=-1, keepdim=True)
         return torch.zeros_like(logits).scatter_(-1, greedy, 1.0)
-    probs = softmax(logits / temperature, dim=-1)
+    # Shifted so the largest logit is 0 before dividing: a tiny temperature then sends the others
+    # to -inf (probability 0) instead of every logit to +-inf, whose softmax is NaN.
+    probs = softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     return top_p_filter(probs, top_p) if top_p < 1.0 else probs
 
 

@@ -15,6 +15,7 @@ types that refuse a value that is not a number, not finite, out of its range or 
 import argparse
 import difflib
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -139,6 +140,12 @@ def number(low: float = -math.inf, high: float = math.inf, *, open_low: bool = F
 
     parse.__name__ = "number"
     return parse
+
+
+def processes() -> Callable[[str], int]:
+    """An argparse type for a count of worker processes: from 1 to four per CPU of this machine
+    (more would only make the processes wait on each other and hold memory)."""
+    return integer(1, 4 * (os.cpu_count() or 1))
 
 
 def _range(low: int, high: int) -> str:

@@ -42,7 +42,7 @@ import orjson
 from core.errors import UsageError
 from pipelines.command import command
 from pipelines.experiments.vmap_sweep import train_stacked
-from pipelines.flags import CommandParser, integer
+from pipelines.flags import CommandParser, integer, processes
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
@@ -314,7 +314,7 @@ def parser() -> CommandParser:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=V[+NAME=V]|base", help="one listed variant (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override for every variant")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<config name>)")
-    parser.add_argument("--jobs", type=integer(1, 1024), default=1, help="variants trained side by side (default 1)")
+    parser.add_argument("--jobs", type=processes(), default=1, help="variants trained side by side (default 1)")
     parser.add_argument("--threads", type=integer(1, 4096), help="torch threads per variant (default: $OMP_NUM_THREADS, else CPUs / jobs)")
     parser.add_argument("--vmap", action="store_true",
                         help="train the variants in this process as one stacked model (torch.func.vmap) when only their "

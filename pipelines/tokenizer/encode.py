@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from core.tokenizer import Tokenizer
 from pipelines.command import command
-from pipelines.flags import CommandParser, integer
+from pipelines.flags import CommandParser, processes
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 from pipelines.tokenizer.outputs import check_outputs, write_text_atomically
 from pipelines.tokenizer.store import load_tokenizer
@@ -195,7 +195,7 @@ def parser() -> CommandParser:
     parser.add_argument("input", type=Path, help="UTF-8 text to encode")
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by train_tokenizer")
     parser.add_argument("--out", type=Path, required=True, help="output .npy (its sidecar FILE.npy.meta.json goes beside it)")
-    parser.add_argument("--workers", type=integer(1, 4096), default=None, help="encoding processes (default: per file size and CPUs)")
+    parser.add_argument("--workers", type=processes(), default=None, help="encoding processes (default: per file size and CPUs)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out this command did not write")
     return parser
 

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from core.bpe import extend_vocab, initial_vocab, iter_merges
 from core.pretokenize import count_pretokens, special_token_regex
+from core.errors import UsageError
 from core.tokenizer import Tokenizer
 from pipelines.command import command
-from pipelines.flags import CommandParser, integer
+from pipelines.flags import CommandParser, integer, processes
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 from pipelines.tokenizer.outputs import check_outputs
 from pipelines.tokenizer.store import TOKENIZER_FILES, save_tokenizer
@@ -137,11 +138,11 @@ MAX_VOCAB_SIZE = 2**32
 def parser() -> CommandParser:
     parser = CommandParser(prog="python -m pipelines.tokenizer.train", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 training text")
-    parser.add_argument("--model.vocab_size", dest="vocab_size", type=integer(1, MAX_VOCAB_SIZE), required=True, metavar="N",
+    parser.add_argument("--model.vocab_size", dest="vocab_size", type=integer(256, MAX_VOCAB_SIZE), required=True, metavar="N",
                         help="size of the final vocabulary, specials included")
     parser.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the tokenizer into")
-    parser.add_argument("--workers", type=integer(1, 4096), default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
+    parser.add_argument("--workers", type=processes(), default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
     parser.add_argument("--force", action="store_true", help="write over a tokenizer already in --out")
     return parser
 
@@ -149,6 +150,9 @@ def parser() -> CommandParser:
 @command
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    needed = 256 + len(set(args.special))
+    if args.vocab_size < needed:
+        raise UsageError(f"--model.vocab_size {args.vocab_size}: the 256 bytes and {needed - 256} special token(s) need at least {needed}")
 
     started = time.perf_counter()
     check_tokenizer_out(args.out, check_text_file(args.input), args.force)  # before the long part
