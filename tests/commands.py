@@ -6,6 +6,7 @@ Tests of the command lines (flag spelling, README's commands, numbers checked) t
 from here, so a new recipe is covered without editing them.
 """
 
+import functools
 import importlib
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ ROOT = Path(__file__).parent.parent
 NOT_COMMANDS = {"setup", "test", "test-all"}
 
 
+@functools.cache
 def recipe_modules() -> dict[str, str]:
     """{recipe: module} for every recipe that runs a module; "bench NAME" for each benchmark."""
     modules, recipe = {}, None
