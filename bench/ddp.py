@@ -8,7 +8,7 @@ step time the processes spent blocked on the all-reduce. One process on two thre
 it is what two cores give without data parallelism.
 
     just bench ddp                  # cpu-small shape, batch 8 per process
-    just bench ddp --steps 20 --bucket-mb 1
+    just bench ddp --steps 20 --bucket_mb 1
 """
 
 import argparse

@@ -6,7 +6,7 @@ Times forward+backward of one batch on the CPU, eager and under torch.compile, a
 speed ratio (pure / module; above 1.0 means the pure function is faster).
 
     just bench model              # TinyStories-shaped model scaled to run in seconds
-    just bench model --no-compile # eager only
+    just bench model --no_compile # eager only
 """
 
 import dataclasses

@@ -7,11 +7,11 @@ not), updating in place. Same gradients every call, on the cpu-small model's par
 Prints ms per update and the speed ratio (above 1.0: ours is faster).
 
     just bench optimizer
-    just bench optimizer --malloc-keep   # glibc keeps freed memory: no page faults for new buffers
+    just bench optimizer --malloc_keep   # glibc keeps freed memory: no page faults for new buffers
 
 A pure update allocates its results (parameters, moments, intermediates) where torch writes in
 place. glibc hands large freed blocks back to the system, so fresh buffers cost page faults (about
-760 per update here, and 1,200 for torch's, whose sqrt allocates too); --malloc-keep raises glibc's
+760 per update here, and 1,200 for torch's, whose sqrt allocates too); --malloc_keep raises glibc's
 thresholds (mallopt) so that none occur, to measure what they cost.
 """
 

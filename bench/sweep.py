@@ -19,8 +19,8 @@ together) and its speed against the best sequential one (above 1.0: faster). Set
 (pipelines/training/hardware/malloc.py, as a vectorised sweep on the CPU does) unless --malloc_default.
 
     just bench sweep                                  # d_model 64, 128, 256: minutes (see README)
-    just bench sweep --d-models 32,64 --batch 4 --context 64 --steps 20
-    just bench sweep --device cuda --d-models 64,128,256,512,768
+    just bench sweep --d_models 32,64 --batch 4 --model.context_length 64 --steps 20
+    just bench sweep --device cuda --d_models 64,128,256,512,768
 """
 
 import argparse

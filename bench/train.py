@@ -16,7 +16,7 @@ and takes three steps (bench/common.py's peak_memory_rise), against the peer's.
 
     just bench train                       # cpu-small shape, about a minute on two cores
     just bench train --shape baseline --repeats 3
-    just bench train --no-compile          # eager only
+    just bench train --no_compile          # eager only
 """
 
 import argparse
