@@ -23,8 +23,8 @@ from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
 from pipelines.training.data import download
-from pipelines.training.run.run import run as run_module
-from pipelines.training.run.run import start as start_module
+from pipelines.training.run import run as run_module
+from pipelines.training.run import start as start_module
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.cli import main
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
