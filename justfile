@@ -18,6 +18,9 @@ default:
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
+    if [ ! -x {{python}} ] || ! {{python}} -c "import torch" 2>/dev/null; then
+        echo "setup (first run only): creating .venv with torch (CPU build) and lmkit's dependencies, about 1.3 GB on disk; a few minutes" >&2
+    fi
     [ -x {{python}} ] || python3 -m venv {{venv}}
     {{python}} -c "import torch" 2>/dev/null || {{python}} -m pip install -q "{{torch_spec}}"
     if [ ! -f {{venv}}/.installed ] || [ pyproject.toml -nt {{venv}}/.installed ]; then
@@ -33,11 +36,11 @@ test *ARGS: setup
 test-all *ARGS: setup
     {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker "$@"
 
-# train a model: `just train tinystories`, `just train tinystories --preset cpu-small --max_steps 200`
+# train a model: `just train tinystories --preset cpu-small --data.path ../shared/data --max_steps 200`
 train *ARGS: setup
     {{python}} -m pipelines.training.cli "$@"
 
-# train a byte-level BPE tokenizer: `just train-tokenizer INPUT --vocab-size N --special '<|endoftext|>' --out DIR`
+# train a byte-level BPE tokenizer: `just train-tokenizer INPUT --model.vocab_size N --special '<|endoftext|>' --out DIR`
 train-tokenizer *ARGS: setup
     {{python}} -m pipelines.tokenizer.train "$@"
 
@@ -45,7 +48,11 @@ train-tokenizer *ARGS: setup
 tokenize *ARGS: setup
     {{python}} -m pipelines.tokenizer.encode "$@"
 
-# sample from a trained run: `just generate --run DIR --prompt "Once upon a time"`
+# split one text file into train.txt and valid.txt: `just split-text ../shared/data/owt_sample.txt --out cache/owt-sample`
+split-text *ARGS: setup
+    {{python}} -m pipelines.experiments.split_text "$@"
+
+# sample from a trained run: `just generate --run DIR --sample.prompt "Once upon a time"`
 generate *ARGS: setup
     {{python}} -m pipelines.generate "$@"
 
@@ -53,7 +60,7 @@ generate *ARGS: setup
 export *ARGS: setup
     {{python}} -m pipelines.export "$@"
 
-# draw learning curves of one or more runs to PNG: `just plot RUN...`
+# draw learning curves of one or more runs to PNG beside them: `just plot RUN...`
 plot *ARGS: setup
     {{python}} -m pipelines.experiments.plot "$@"
 
@@ -73,10 +80,10 @@ tokenizer-report *ARGS: setup
 bench NAME *ARGS: setup
     {{python}} -m bench.{{NAME}} "${@:2}"
 
-# tables and figures of docs/experiments.md from sweep dirs: `just experiment-log runs/study/lr ... --out docs/experiments.md`
+# tables and figures of an experiment log from sweep dirs (default: runs/experiment-log/): `just experiment-log runs/study/lr ...`
 experiment-log *ARGS: setup
     {{python}} -m pipelines.experiments.experiment_log "$@"
 
 # the unicode1/unicode2 answers of docs/writeup.md, run
-unicode-demo: setup
-    {{python}} -m pipelines.experiments.unicode_demo
+unicode-demo *ARGS: setup
+    {{python}} -m pipelines.experiments.unicode_demo "$@"

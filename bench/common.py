@@ -15,15 +15,24 @@ from core.optim import Schedule, adamw, chain, clip_by_global_norm
 from core.train_state import init_train_state
 from core.train_step import make_train_step
 from core.tree import Tree, tree_map
+from pipelines.flags import CommandParser, integer
+
+
+# The benchmarks' shape flags: the trainer's setting names, read into short attribute names.
+MODEL_FLAGS = {"context": "--model.context_length", "d_model": "--model.d_model", "layers": "--model.num_layers",
+               "heads": "--model.num_heads", "vocab": "--model.vocab_size"}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, context: int, d_model: int, heads: int, vocab: int, layers: int = 4) -> None:
     """The model-shape flags every benchmark takes, with that benchmark's defaults."""
-    parser.add_argument("--context", type=int, default=context)
-    parser.add_argument("--d-model", type=int, default=d_model)
-    parser.add_argument("--layers", type=int, default=layers)
-    parser.add_argument("--heads", type=int, default=heads)
-    parser.add_argument("--vocab", type=int, default=vocab)
+    defaults = {"context": context, "d_model": d_model, "layers": layers, "heads": heads, "vocab": vocab}
+    for dest, flag in MODEL_FLAGS.items():
+        parser.add_argument(flag, dest=dest, type=integer(1), default=defaults[dest], metavar="N")
+
+
+def bench_parser(module_doc: str, name: str) -> CommandParser:
+    """The parser of `just bench NAME`: the project's flag style, the module's docstring as help."""
+    return CommandParser(prog=f"python -m bench.{name}", description=module_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:

@@ -8,11 +8,13 @@ step time the processes spent blocked on the all-reduce. One process on two thre
 it is what two cores give without data parallelism.
 
     just bench ddp                  # cpu-small shape, batch 8 per process
-    just bench ddp --steps 20 --bucket-mb 1
+    just bench ddp --steps 20 --bucket_mb 1
 """
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
 import statistics
 import tempfile
 import time
@@ -21,13 +23,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import MAX_NORM, SHAPES, print_table
+from bench.common import MAX_NORM, SHAPES, bench_parser, print_table
 from core.config import ModelConfig
 from core.optim import adamw, chain, clip_by_global_norm
 from core.train_state import init_train_state
 from core.train_step import make_train_step
 from core.tree import tree_leaves
 from params.init import init_params
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer, number
 from pipelines.training.distributed.grad_sync import BucketedGradSync
 
 
@@ -67,13 +71,18 @@ def two_processes(args: argparse.Namespace, overlap: bool) -> tuple[float, float
         return max(results[0][0], results[1][0]), max(results[0][1], results[1][1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "ddp")
     parser.add_argument("--shape", choices=("cpu-small", "baseline"), default="cpu-small")
-    parser.add_argument("--batch", type=int, default=8, help="rows per process")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--bucket-mb", type=float, default=25.0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch", type=integer(1), default=8, help="rows per process")
+    parser.add_argument("--steps", type=integer(1), default=10)
+    parser.add_argument("--bucket_mb", type=number(0, open_low=True), default=25.0)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     config = ModelConfig(**SHAPES[args.shape][0])
     tokens = args.batch * config.context_length
     rows = {}
@@ -93,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

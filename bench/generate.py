@@ -4,26 +4,34 @@ Both paths draw the same tokens (tests/test_generate.py); this measures what the
 each new token costs one position through the model instead of the whole prefix.
 
     just bench generate                  # cpu-small-shaped model, 256-token context
-    just bench generate --new-tokens 500 # past the context: the window slides (cache rebuilt)
+    just bench generate --new_tokens 500 # past the context: the window slides (cache rebuilt)
 """
 
-import argparse
+import sys
 import time
+from collections.abc import Sequence
 
 import torch
 
-from bench.common import add_model_arguments, model_config, print_table
+from bench.common import add_model_arguments, bench_parser, model_config, print_table
 from core.sampling import generate
 from params.init import init_params
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "generate")
     add_model_arguments(parser, context=256, d_model=128, heads=4, vocab=2048)
-    parser.add_argument("--prompt-tokens", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=240)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--prompt_tokens", type=integer(1), default=8)
+    parser.add_argument("--new_tokens", type=integer(1), default=240)
+    parser.add_argument("--repeats", type=integer(1), default=3)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     config = model_config(args)
     params = init_params(config, torch.Generator().manual_seed(0))
@@ -51,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

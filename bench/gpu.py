@@ -9,22 +9,29 @@ torch.optim.AdamW). Then 300 steps of the pure step on a repeating token pattern
 must fall: the step trains.
 
     just bench gpu            # on a CUDA machine
-    just bench gpu --smoke    # everything at tiny shapes on the CPU, compile off, in seconds
+    just bench gpu --smoke    # the eager rows at tiny shapes on the CPU, in seconds
+
+The smoke mode checks that the script runs, not how fast: it skips the compiled variants (compile
+is off) and prints no MFU (a tiny model on a CPU has no meaningful bf16 peak to divide by).
 """
 
-import argparse
 import gc
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from bench.common import SHAPES, StepFn, peer_step_fn, print_table, pure_step_fn
+from bench.common import SHAPES, StepFn, bench_parser, peer_step_fn, print_table, pure_step_fn
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
+from core.errors import UsageError
 from params.init import init_params
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 from pipelines.training.data.batches import get_batch, step_generator
 from pipelines.training.hardware.peak import peak_flops
 
@@ -36,9 +43,13 @@ TINY = {"vocab_size": 128, "context_length": 32, "d_model": 32, "num_layers": 2,
 class Setup:
     device: torch.device
     autocast: tuple[str, torch.dtype]
-    peak: float
+    peak: float | None  # None: no MFU column (smoke mode)
     compile: bool
     steps: int
+
+    def variants(self) -> tuple[str, ...]:
+        """The variants this setup runs: the compiled ones only when compile is on."""
+        return VARIANTS if self.compile else tuple(v for v in VARIANTS if "compiled" not in v)
 
 
 def sync(device: torch.device) -> None:
@@ -90,16 +101,16 @@ def measure_fitting(variant: str, config: ModelConfig, batch_size: int, setup: S
 
 
 def benchmark_shape(shape: str, config: ModelConfig, batch_size: int, setup: Setup) -> list[tuple[str, ...]]:
-    results = {variant: measure_fitting(variant, config, batch_size, setup) for variant in VARIANTS}
+    results = {variant: measure_fitting(variant, config, batch_size, setup) for variant in setup.variants()}
     rows = []
     for variant, r in results.items():
         peer = results["peer, compiled" if "compiled" in variant else "peer, eager"]
         tokens = r["batch"] * config.context_length
-        mfu = training_step_flops(config, r["batch"]) / r["seconds"] / setup.peak
+        mfu = "–" if setup.peak is None else f"{training_step_flops(config, r['batch']) / r['seconds'] / setup.peak:.1%}"
         # Throughput ratio: batches may differ after an out-of-memory halving.
         speed = (tokens / r["seconds"]) / (peer["batch"] * config.context_length / peer["seconds"])
         rows.append((shape, variant, str(r["batch"]), f"{r['seconds'] * 1e3:.1f}", f"{tokens / r['seconds']:,.0f}",
-                     f"{mfu:.1%}", f"{r['memory'] / 2**30:.2f}", f"{speed:.2f}"))
+                     mfu, f"{r['memory'] / 2**30:.2f}", f"{speed:.2f}"))
     return rows
 
 
@@ -123,19 +134,27 @@ def shapes(smoke: bool) -> list[tuple[str, ModelConfig, int]]:
     return [("baseline", ModelConfig(**SHAPES["baseline"][0]), 64), ("gpt2-small", ModelConfig(**SHAPES["gpt2-small"][0]), 8)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "gpu")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, compile off, a few steps")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 3 warm-up steps)")
-    parser.add_argument("--curve-steps", type=int, default=300)
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=integer(1), default=10, help="timed steps per variant (after 3 warm-up steps)")
+    parser.add_argument("--curve_steps", type=integer(1), default=300)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
-        parser.error("no CUDA device: run with --smoke for the CPU check")
+        raise UsageError("no CUDA device: run with --smoke for the CPU check")
     device = torch.device("cpu" if args.smoke else "cuda")
-    peak, source = peak_flops(device, torch.bfloat16)
+    if args.smoke:
+        peak, about_peak = None, "SMOKE: tiny shapes on the CPU, eager only (compile off), no MFU"
+    else:
+        peak, source = peak_flops(device, torch.bfloat16)
+        about_peak = f"peak {peak / 1e12:.3g} TFLOP/s ({source})"
     setup = Setup(device, (device.type, torch.bfloat16), peak, compile=not args.smoke, steps=2 if args.smoke else args.steps)
-    print(f"torch {torch.__version__}; bf16 autocast; peak {peak / 1e12:.3g} TFLOP/s ({source})"
-          + ("; SMOKE: tiny shapes on the CPU, compile off" if args.smoke else ""))
+    print(f"torch {torch.__version__}; bf16 autocast; {about_peak}")
     rows = []
     for name, config, batch_size in shapes(args.smoke):
         print(f"{name}: {config}")
@@ -155,4 +174,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

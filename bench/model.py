@@ -6,23 +6,26 @@ Times forward+backward of one batch on the CPU, eager and under torch.compile, a
 speed ratio (pure / module; above 1.0 means the pure function is faster).
 
     just bench model              # TinyStories-shaped model scaled to run in seconds
-    just bench model --no-compile # eager only
+    just bench model --no_compile # eager only
 """
 
-import argparse
 import dataclasses
 import math
+import sys
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from bench.common import add_model_arguments, model_config, print_speed_table, time_interleaved
+from bench.common import add_model_arguments, bench_parser, model_config, print_speed_table, time_interleaved
 from core.config import ModelConfig
 from core.layers import softmax
 from core.loss import cross_entropy
 from core.model import forward
 from params.init import init_params
 from params.tree import flatten
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 
 
 # A conventional nanoGPT-style module model: the same equations, state in nn.Modules.
@@ -101,13 +104,18 @@ class ModuleLM(nn.Module):
         return self.lm_head(self.ln_final(x))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "model")
+    parser.add_argument("--batch", type=integer(1), default=8)
     add_model_arguments(parser, context=128, d_model=256, heads=8, vocab=10_000)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--no-compile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=integer(1), default=15)
+    parser.add_argument("--no_compile", action="store_true")
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     config = dataclasses.replace(model_config(args), kernels="reference")  # the same math as ModuleLM
     params = init_params(config, torch.Generator().manual_seed(0))
@@ -154,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,23 +7,26 @@ not), updating in place. Same gradients every call, on the cpu-small model's par
 Prints ms per update and the speed ratio (above 1.0: ours is faster).
 
     just bench optimizer
-    just bench optimizer --malloc-keep   # glibc keeps freed memory: no page faults for new buffers
+    just bench optimizer --malloc_keep   # glibc keeps freed memory: no page faults for new buffers
 
 A pure update allocates its results (parameters, moments, intermediates) where torch writes in
 place. glibc hands large freed blocks back to the system, so fresh buffers cost page faults (about
-760 per update here, and 1,200 for torch's, whose sqrt allocates too); --malloc-keep raises glibc's
+760 per update here, and 1,200 for torch's, whose sqrt allocates too); --malloc_keep raises glibc's
 thresholds (mallopt) so that none occur, to measure what they cost.
 """
 
-import argparse
 import ctypes
+import sys
+from collections.abc import Sequence
 
 import torch
 
-from bench.common import add_model_arguments, model_config, print_table, time_interleaved
+from bench.common import add_model_arguments, bench_parser, model_config, print_table, time_interleaved
 from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices
 from core.tree import tree_leaves, tree_map
 from params.init import init_params
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 
 HPARAMS = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
 
@@ -78,13 +81,18 @@ def torch_update(params, grads, lr: float):
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "optimizer")
     add_model_arguments(parser, context=128, d_model=128, heads=4, vocab=2048)
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--malloc-keep", action="store_true", help="keep freed memory in the process (glibc)")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=integer(1), default=200)
+    parser.add_argument("--threads", type=integer(1, 4096), default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument("--malloc_keep", action="store_true", help="keep freed memory in the process (glibc)")
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.malloc_keep:
@@ -108,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

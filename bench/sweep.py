@@ -16,11 +16,11 @@ other. Prints, for each model width, the tokens per second of each arrangement (
 together) and its speed against the best sequential one (above 1.0: faster). Setup is excluded
 (model initialisation, one warm-up step per run, process start); each figure is the median of
 --repeats rounds in which the arrangements take turns. Every process keeps its freed memory
-(pipelines/training/hardware/malloc.py, as a vectorised sweep on the CPU does) unless --malloc-default.
+(pipelines/training/hardware/malloc.py, as a vectorised sweep on the CPU does) unless --malloc_default.
 
     just bench sweep                                  # d_model 64, 128, 256: minutes (see README)
-    just bench sweep --d-models 32,64 --batch 4 --context 64 --steps 20
-    just bench sweep --device cuda --d-models 64,128,256,512,768
+    just bench sweep --d_models 32,64 --batch 4 --model.context_length 64 --steps 20
+    just bench sweep --device cuda --d_models 64,128,256,512,768
 """
 
 import argparse
@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from bench.common import BETAS, EPS, MAX_NORM, WEIGHT_DECAY, print_table
+from bench.common import BETAS, EPS, MAX_NORM, MODEL_FLAGS, WEIGHT_DECAY, add_model_arguments, bench_parser, print_table
 from core.config import ModelConfig
 from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
 from core.optim.stacked import as_variant_values
@@ -48,6 +49,8 @@ from core.stacked_train_step import make_stacked_train_step
 from core.train_state import init_train_state
 from core.train_step import make_train_step
 from params.init import init_params
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 from pipelines.training.data.batches import get_batch, step_generator
 from pipelines.training.hardware.malloc import keep_freed_memory
 
@@ -125,7 +128,7 @@ def two_jobs_seconds(args: argparse.Namespace, d_model: int) -> float:
     half = VARIANTS // 2
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.sweep", "--worker", f"{first},{half}", "--d-models", str(d_model), *_shape_flags(args)],
+            [sys.executable, "-m", "bench.sweep", "--worker", f"{first},{half}", "--d_models", str(d_model), *_shape_flags(args)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_one_thread_env(),
         )
         for first in (0, half)
@@ -173,22 +176,24 @@ def measure(args: argparse.Namespace, d_model: int, threads: list[int]) -> dict[
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d-models", default="64,128,256", help="model widths, comma-separated")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps of each run per round")
-    parser.add_argument("--repeats", type=int, default=3)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "sweep")
+    parser.add_argument("--d_models", default="64,128,256", help="model widths, comma-separated")
+    add_model_arguments(parser, context=128, d_model=64, heads=4, vocab=2048)  # --model.d_model: unused, --d_models sets widths
+    parser.add_argument("--batch", type=integer(1), default=8)
+    parser.add_argument("--steps", type=integer(1), default=3, help="timed steps of each run per round")
+    parser.add_argument("--repeats", type=integer(1), default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", help="thread counts of the one-process arrangements, comma-separated (default: 1 and all)")
-    parser.add_argument("--no-jobs", action="store_true", help="skip the two-process arrangement")
-    parser.add_argument("--malloc-default", action="store_true", help="leave glibc's thresholds as they are in every process")
+    parser.add_argument("--no_jobs", action="store_true", help="skip the two-process arrangement")
+    parser.add_argument("--malloc_default", action="store_true", help="leave glibc's thresholds as they are in every process")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # FIRST,COUNT: one of the two jobs
-    args = parser.parse_args(argv)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     kept = not args.malloc_default and keep_freed_memory()
     if args.worker:
         worker(args)
@@ -214,9 +219,10 @@ def _setup(args: argparse.Namespace, d_model: int) -> tuple[ModelConfig, np.ndar
 
 
 def _shape_flags(args: argparse.Namespace) -> list[str]:
-    names = ("layers", "heads", "vocab", "context", "batch", "steps", "device")
-    flags = [item for name in names for item in (f"--{name}", str(getattr(args, name)))]
-    return flags + (["--malloc-default"] if args.malloc_default else [])
+    flags = {**{MODEL_FLAGS[name]: name for name in ("layers", "heads", "vocab", "context")}, "--batch": "batch",
+             "--steps": "steps", "--device": "device"}
+    return [item for flag, name in flags.items() for item in (flag, str(getattr(args, name)))] + (
+        ["--malloc_default"] if args.malloc_default else [])
 
 
 def _one_thread_env() -> dict[str, str]:
@@ -230,4 +236,4 @@ def _synchronize(device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,6 +18,8 @@ data/tinystories_valid.txt and fixtures/corpus.en. Missing ones are skipped.
 
 import os
 import resource
+import sys
+from collections.abc import Sequence
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,9 @@ import tiktoken
 import tokenizers as hf
 
 from core.tokenizer import Tokenizer
+from bench.common import bench_parser
+from pipelines.command import command
+from pipelines.flags import CommandParser
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.train import default_workers, train_bpe
 
@@ -132,7 +137,7 @@ def bench_encoding(corpora: dict[str, Path]) -> None:
 
 
 def bench_training(jobs: list[tuple[str, Path, int]]) -> dict[str, Tokenizer]:
-    print("== 2. BPE training wall time (s; ratio = ours / HF, below 1 is faster)")
+    print("== 2. BPE training wall time (s; speed = HF s / ours s, above 1: ours faster)")
     rows, trained = [], {}
     for name, path, vocab_size in jobs:
         result = {}
@@ -142,10 +147,10 @@ def bench_training(jobs: list[tuple[str, Path, int]]) -> dict[str, Tokenizer]:
         hf_merges = result["hf"][1]
         agree = next((i for i, (a, b) in enumerate(zip(merges, hf_merges)) if a != b), min(len(merges), len(hf_merges)))
         rows.append(
-            (name, vocab_size, len(merges), len(hf_merges), agree, f"{ours_time:.3f}", f"{hf_time:.3f}", f"{ours_time / hf_time:.2f}x")
+            (name, vocab_size, len(merges), len(hf_merges), agree, f"{ours_time:.3f}", f"{hf_time:.3f}", f"{hf_time / ours_time:.2f}x")
         )
         trained[f"ours {name}@{vocab_size}"] = Tokenizer(vocab, merges, [EOT])
-    table(("corpus", "vocab", "our merges", "HF merges", "same first", "ours s", "HF s", "ours/HF"), rows)
+    table(("corpus", "vocab", "our merges", "HF merges", "same first", "ours s", "HF s", "speed vs HF"), rows)
     return trained
 
 
@@ -161,7 +166,13 @@ def bench_compression(tokenizers: dict[str, Tokenizer], corpora: dict[str, Path]
     table(("tokenizer", "vocab", *texts), rows)
 
 
-def main() -> None:
+def parser() -> CommandParser:
+    return bench_parser(__doc__, "tokenizer")
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(argv)
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken-cache"))
     found = {
         "tinystories_train": SHARED / "data/tinystories_train.txt",
@@ -190,4 +201,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,20 +16,22 @@ and takes three steps (bench/common.py's peak_memory_rise), against the peer's.
 
     just bench train                       # cpu-small shape, about a minute on two cores
     just bench train --shape baseline --repeats 3
-    just bench train --no-compile          # eager only
+    just bench train --no_compile          # eager only
 """
 
 import argparse
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
-from bench.common import SHAPES, peak_memory_rise, peer_step_fn, print_speed_table, print_table, pure_step_fn, time_interleaved
+from bench.common import SHAPES, bench_parser, peak_memory_rise, peer_step_fn, print_speed_table, print_table, pure_step_fn, time_interleaved
 from core.accounting import training_step_flops
 from core.config import ModelConfig
 from core.schedule import warmup_cosine
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 from pipelines.training.hardware.peak import measured_matmul_flops
 from params.init import init_params
 
@@ -66,7 +68,7 @@ def print_memory_table(args: argparse.Namespace, names: list[str]) -> None:
     """Runs this script once per variant with --memory-of, each in a fresh process."""
     rises = {}
     for name in names:
-        command = [sys.executable, "-m", "bench.train", "--shape", args.shape, "--memory-of", name]
+        command = [sys.executable, "-m", "bench.train", "--shape", args.shape, "--memory_of", name]
         command += ["--batch", str(args.batch)] if args.batch else []
         rises[name] = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
     rows = [(name, f"{rise / 2**20:.1f}", f"{rise / rises[EAGER_PEER]:.2f}") for name, rise in rises.items()]
@@ -74,15 +76,20 @@ def print_memory_table(args: argparse.Namespace, names: list[str]) -> None:
     print_table(rows, ("variant", "MiB", "vs peer"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> CommandParser:
+    parser = bench_parser(__doc__, "train")
     parser.add_argument("--shape", choices=("cpu-small", "baseline"), default="cpu-small")
-    parser.add_argument("--batch", type=int, help="default: the shape's (cpu-small 8, baseline 4)")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory measurement")
-    parser.add_argument("--memory-of", metavar="VARIANT", help=argparse.SUPPRESS)  # one variant's memory, for print_memory_table
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch", type=integer(1), help="default: the shape's (cpu-small 8, baseline 4)")
+    parser.add_argument("--repeats", type=integer(1), default=15)
+    parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--no_memory", action="store_true", help="skip the per-process memory measurement")
+    parser.add_argument("--memory_of", metavar="VARIANT", help=argparse.SUPPRESS)  # one variant's memory, for print_memory_table
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
 
     fields, default_batch = SHAPES[args.shape]
     config, batch_size = ModelConfig(**fields), args.batch or default_batch
@@ -108,4 +115,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,10 +23,12 @@ def next_token_probs(
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     logits = logits.float()
-    if temperature == 0:
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or too small to divide by in float32: greedy
         greedy = logits.argmax(dim=-1, keepdim=True)
         return torch.zeros_like(logits).scatter_(-1, greedy, 1.0)
-    probs = softmax(logits / temperature, dim=-1)
+    # Shifted so the largest logit is 0 before dividing: a tiny temperature then sends the others
+    # to -inf (probability 0) instead of every logit to +-inf, whose softmax is NaN.
+    probs = softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     return top_p_filter(probs, top_p) if top_p < 1.0 else probs
 
 
@@ -34,9 +36,11 @@ def top_p_filter(probs: Float[Tensor, "*batch vocab"], top_p: float) -> Float[Te
     """Keep the smallest set of most likely tokens whose mass reaches `top_p`, renormalised."""
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     # A token is in the nucleus when the mass strictly before it is still short of top_p; the most
-    # likely token always is (its preceding mass is 0).
+    # likely token always is, also when top_p is below float32's smallest number and rounds to 0.
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_kept = torch.where(mass_before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    in_nucleus = mass_before < top_p
+    in_nucleus[..., 0] = True
+    sorted_kept = torch.where(in_nucleus, sorted_probs, torch.zeros_like(sorted_probs))
     kept = torch.zeros_like(probs).scatter_(-1, order, sorted_kept)
     return kept / kept.sum(dim=-1, keepdim=True)
 

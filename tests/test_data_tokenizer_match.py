@@ -106,14 +106,17 @@ def test_the_run_tokenizer_must_be_the_one_the_checkpoint_records(setup, tmp_pat
 def test_through_the_command_line_a_mismatch_is_one_line_and_a_resume_keeps_its_tokenizer(setup, tmp_path, capsys):
     run_dir = tmp_path / "run"
     flags = ["tinystories", "--preset", "cpu-small", "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()]]
-    assert main([*flags, "--max_steps", "2", "--data.path", str(setup["encoded"]), "--data.tokenizer", str(setup["tok_b"])]) == 1
+    with pytest.raises(SystemExit, match="^error: ") as refused:
+        main([*flags, "--max_steps", "2", "--data.path", str(setup["encoded"]), "--data.tokenizer", str(setup["tok_b"])])
+    assert refused.value.code == 2
     error = capsys.readouterr().err
     assert "tok_b" in error and "tok_a" in error and len(error.strip().splitlines()) == 1
     assert not run_dir.exists()
 
     assert main([*flags, "--max_steps", "2", "--data.path", str(setup["encoded"]), "--data.tokenizer", str(setup["tok_a"])]) == 0
     resumed = [*flags, "--max_steps", "4", "--resume", "--data.path", str(setup["second"])]
-    assert main([*resumed, "--data.tokenizer", str(setup["tok_b"])]) == 1  # the run's tokenizer is A
+    with pytest.raises(SystemExit, match="^error: "):
+        main([*resumed, "--data.tokenizer", str(setup["tok_b"])])  # the run's tokenizer is A
     assert "tok_b" in capsys.readouterr().err
     assert main(resumed) == 0  # the new text, encoded with the run's own tokenizer
     assert fingerprint(run_dir / "tokenizer") == fingerprint(setup["tok_a"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.config import ModelConfig
+from core.errors import UsageError
 from core.sampling import generate, next_token_probs, top_p_filter
 from core.tokenizer import Tokenizer
 from core.train_state import init_train_state
@@ -108,7 +109,7 @@ def test_a_run_trained_on_text_generates_stories(tmp_path, monkeypatch, capsys):
     assert "cat" in stories[0]  # 60 steps on one repeated story are enough to learn its words
 
     capsys.readouterr()
-    main(["--run", str(run_dir), "--prompt", "The cat", "--max-tokens", "5", "--seed", "3"])
+    main(["--run", str(run_dir), "--sample.prompt", "The cat", "--sample.tokens", "5", "--seed", "3"])
     assert capsys.readouterr().out.startswith("The cat")
 
 
@@ -122,14 +123,26 @@ def test_sampling_can_be_kept_to_the_ids_a_tokenizer_knows(params):
 
 
 @pytest.mark.parametrize("args", [
-    ["--temperature", "nan"], ["--temperature", "-0.5"], ["--temperature", "inf"], ["--max-tokens", "-5"],
-    ["--max-tokens", "0"], ["--num-samples", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"],
-    ["--seed", "99999999999999999999"], ["--seed", "-1"],
+    ["--sample.temperature", "nan"], ["--sample.temperature", "-0.5"], ["--sample.temperature", "inf"],
+    ["--sample.tokens", "-5"], ["--sample.tokens", "0"], ["--sample.count", "-1"], ["--sample.top_p", "0"],
+    ["--sample.top_p", "1.5"], ["--sample.top_p", "nan"], ["--seed", "99999999999999999999"], ["--seed", "-1"],
 ])
 def test_a_bad_setting_is_refused_in_one_line_before_anything_is_loaded(tmp_path, args):
     # The run does not exist: a setting refused first proves nothing was loaded before the check.
-    with pytest.raises(SystemExit, match=rf"^error: {args[0]} \S+: must be [^\n]*$"):
+    with pytest.raises(SystemExit, match=rf"^error: argument {re.escape(args[0])}: must be [^\n]*$") as refused:
         main(["--run", str(tmp_path / "missing"), *args])
+    assert refused.value.code == 2
+
+
+@pytest.mark.parametrize("settings", [dict(max_tokens=0), dict(temperature=float("nan")), dict(top_p=1.5), dict(num_samples=0)])
+def test_generate_text_holds_the_same_ranges_for_callers_from_python(tmp_path, settings):
+    with pytest.raises(UsageError, match="must be"):
+        generate_text(tmp_path / "missing", "hi", **settings)
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --sample.prompt is not valid UTF-8 text$"):
+        main(["--run", str(tmp_path / "missing"), "--sample.prompt", b"\xff".decode("utf-8", "surrogateescape")])
 
 
 def test_a_device_this_machine_lacks_is_one_line(tmp_path, monkeypatch):
@@ -165,7 +178,7 @@ def test_a_checkpoint_with_non_finite_weights_cannot_generate(tmp_path):
     payload["params"]["token_embeddings.weight"][3, 5] = float("nan")
     torch.save(payload, path)
     with pytest.raises(SystemExit) as refused:
-        main(["--run", str(tmp_path / "run"), "--prompt", "hi"])
+        main(["--run", str(tmp_path / "run"), "--sample.prompt", "hi"])
     # One line naming the file and the parameter, instead of a traceback from the sampler.
-    assert re.fullmatch(r"error: [^\n]*last\.pt[^\n]*(non-finite|NaN)[^\n]*", str(refused.value.code))
-    assert "token_embeddings.weight" in str(refused.value.code)
+    assert re.fullmatch(r"error: [^\n]*last\.pt[^\n]*(non-finite|NaN)[^\n]*", str(refused.value))
+    assert "token_embeddings.weight" in str(refused.value) and refused.value.code == 2

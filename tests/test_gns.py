@@ -159,7 +159,9 @@ def _png_width(path: Path) -> int:
 
 
 def test_gns_with_one_batch_size_is_refused_in_one_line_before_any_work(token_dir, tmp_path, capsys):
-    assert main(_cli(token_dir, tmp_path / "run", "--gns", "--max_steps", "5")) == 1
+    with pytest.raises(SystemExit) as refused:
+        main(_cli(token_dir, tmp_path / "run", "--gns", "--max_steps", "5"))
+    assert refused.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--gns" in error and "grad_accum >= 2" in error
     assert not (tmp_path / "run").exists()

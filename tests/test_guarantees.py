@@ -117,7 +117,8 @@ def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holde
     "flags, message",
     [
         (["--device", "cuda"], "CUDA is not available") if not torch.cuda.is_available() else (["--device", "cuda:99"], "CUDA device"),
-        (["--seed", "99999999999999999999"], "seed must lie in"),
+        (["--seed", "99999999999999999999"], "seed must fit in a 64-bit integer"),
+        (["--seed", "-1"], "seed must lie in"),
         (["--set=model.context_length=100000", "--set=model.kernels=reference"], "training needs about"),
         (["--max_steps", "-3"], "max_steps must be positive"),
         (["--schedule.lr", "nan"], "schedule.lr"),
@@ -126,7 +127,9 @@ def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holde
 def test_a_bad_argument_is_one_line_before_any_work(token_dir, tmp_path, capsys, flags, message):
     run_dir = tmp_path / "run"
     argv = command(token_dir, run_dir, *flags)[3:]  # the command line after `python -m pipelines.training.cli`
-    assert main(argv) != 0
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1, error
     assert not run_dir.exists()

@@ -95,7 +95,9 @@ def test_schedule_kind_picks_the_shape_and_the_default_is_unchanged():
 
 @pytest.mark.parametrize("flag, value", [("schedule.kind", "linear"), ("schedule.decay_fraction", "1.5")])
 def test_bad_schedule_settings_fail_naming_the_setting(flag, value, capsys, tmp_path):
-    assert cli.main(["owt", "--preset", "leaderboard", f"--{flag}", value, "--run_dir", str(tmp_path / "run")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["owt", "--preset", "leaderboard", f"--{flag}", value, "--run_dir", str(tmp_path / "run")])
+    assert refused.value.code == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -166,11 +168,13 @@ def test_owt_offline_the_error_is_one_line_naming_the_files_and_where(refused_ur
 # trainer checks memory before data: a batch of 8 keeps that check out of the way.
 @pytest.mark.parametrize("argv", [["owt", "--preset", "leaderboard", "--data.batch_size", "8"], ["owt"]])
 def test_just_train_owt_offline_fails_with_one_line_and_no_run_dir(argv, refused_url, tmp_path, monkeypatch, capsys):
-    """`just train owt --preset leaderboard` (and plain `just train owt`) without a network: exit 1
+    """`just train owt --preset leaderboard` (and plain `just train owt`) without a network: exit 2
     and one line on stderr, no traceback, no run directory."""
     monkeypatch.setattr(dl, "OWT_URL", refused_url)
     monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
-    assert cli.main([*argv, "--device", "cpu", "--run_dir", str(tmp_path / "run")]) == 1
+    with pytest.raises(SystemExit) as refused:
+        cli.main([*argv, "--device", "cpu", "--run_dir", str(tmp_path / "run")])
+    assert refused.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not download" in errors[0] and "owt_train" in errors[0]
     assert "Traceback" not in errors[0]
@@ -219,7 +223,7 @@ def test_split_text_cuts_at_a_paragraph_break_and_refuses_to_overwrite(tmp_path)
     assert train.read_bytes() + valid.read_bytes() == source.read_bytes()
     assert train.read_bytes().endswith(b"\n\n") and valid.read_text().startswith("Paragraph ")
     assert math.isclose(valid.stat().st_size / source.stat().st_size, 0.1, abs_tol=0.02)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ValueError, match="already holds"):
         split_text(source, tmp_path / "out", 0.1)
     with pytest.raises(ValueError, match="paragraph break"):
         (tmp_path / "one.txt").write_text("no breaks at all")

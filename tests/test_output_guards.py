@@ -27,7 +27,7 @@ def corpus(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tokenizer_dir(corpus: Path, tmp_path: Path) -> Path:
-    train.main([str(corpus), "--vocab-size", "280", "--special", EOT, "--out", str(tmp_path / "tok")])
+    train.main([str(corpus), "--model.vocab_size", "280", "--special", EOT, "--out", str(tmp_path / "tok")])
     return tmp_path / "tok"
 
 
@@ -98,7 +98,7 @@ def test_encode_replaces_its_own_output_without_force(corpus, tokenizer_dir, tmp
     out = tmp_path / "ids.npy"
     encode.main([str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out)])
     other = tmp_path / "other"
-    train.main([str(corpus), "--vocab-size", "270", "--special", EOT, "--out", str(other)])
+    train.main([str(corpus), "--model.vocab_size", "270", "--special", EOT, "--out", str(other)])
     encode.main([str(corpus), "--tokenizer", str(other), "--out", str(out)])  # its own sidecar proves it wrote out
     assert np.load(out).tolist() == load_tokenizer(other).encode(corpus.read_text(encoding="utf-8"))
     assert encode.read_record(out)["tokenizer"] == str(other.resolve())
@@ -115,14 +115,14 @@ def test_training_onto_the_corpus_or_under_a_file_is_refused_before_training(cor
     text = corpus.read_bytes()
     refuse_training(monkeypatch)
     with pytest.raises(SystemExit, match=r"error: --out .*in.txt/vocab.json: .*in.txt is a file, not a folder"):
-        train.main([str(corpus), "--vocab-size", "300", "--out", str(corpus)])
+        train.main([str(corpus), "--model.vocab_size", "300", "--out", str(corpus)])
     with pytest.raises(SystemExit, match=r"error: --out .*in.txt is a file, not a folder"):
-        train.main([str(corpus), "--vocab-size", "300", "--out", str(corpus / "deeper" / "tok")])
+        train.main([str(corpus), "--model.vocab_size", "300", "--out", str(corpus / "deeper" / "tok")])
     assert corpus.read_bytes() == text
 
     named_like_an_output = corpus.rename(tmp_path / "vocab.json")
     with pytest.raises(SystemExit, match=r"error: --out: .*vocab.json is the input"):
-        train.main([str(named_like_an_output), "--vocab-size", "300", "--out", str(tmp_path), "--force"])
+        train.main([str(named_like_an_output), "--model.vocab_size", "300", "--out", str(tmp_path), "--force"])
     assert named_like_an_output.read_bytes() == text
 
 
@@ -131,10 +131,10 @@ def test_an_existing_tokenizer_is_kept_without_force_and_replaced_with_it(corpus
     with monkeypatch.context() as patched:
         refuse_training(patched)
         with pytest.raises(SystemExit, match=r"error: --out: .*vocab.json already exists; pass --force"):
-            train.main([str(corpus), "--vocab-size", "270", "--special", EOT, "--out", str(tokenizer_dir)])
+            train.main([str(corpus), "--model.vocab_size", "270", "--special", EOT, "--out", str(tokenizer_dir)])
     assert snapshot(tokenizer_dir) == before
 
-    train.main([str(corpus), "--vocab-size", "270", "--special", EOT, "--out", str(tokenizer_dir), "--force"])
+    train.main([str(corpus), "--model.vocab_size", "270", "--special", EOT, "--out", str(tokenizer_dir), "--force"])
     assert len(load_tokenizer(tokenizer_dir).vocab) == 270
     assert sorted(p.name for p in tokenizer_dir.iterdir()) == ["merges.txt", "special_tokens.json", "vocab.json"]
 
@@ -147,6 +147,6 @@ def test_an_unwritable_folder_is_refused_before_training(corpus, tmp_path, monke
     refuse_training(monkeypatch)
     try:
         with pytest.raises(SystemExit, match=r"error: --out .*: cannot write in .*locked"):
-            train.main([str(corpus), "--vocab-size", "300", "--out", str(locked / "tok")])
+            train.main([str(corpus), "--model.vocab_size", "300", "--out", str(locked / "tok")])
     finally:
         locked.chmod(0o700)

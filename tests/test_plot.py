@@ -44,3 +44,25 @@ def test_read_metrics_keeps_the_latest_row_per_step_and_skips_a_torn_last_line(t
     assert read_metrics(run) == [rows[0], rows[1], rows[3]]
     with pytest.raises(FileNotFoundError, match="training run directory"):
         read_metrics(tmp_path / "nothing")
+
+
+def test_plot_cli_writes_beside_what_it_draws_never_into_the_working_tree(tmp_path, capsys, monkeypatch):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    runs = [_run(sweep, "a", 1.0), _run(sweep, "b", 1.2)]
+    main([str(run) for run in runs])
+    assert (sweep / "plots" / "loss.png").exists()  # a sweep's runs: the sweep's folder
+    # Runs with no folder of their own in common: runs/plots/ (ignored by git), not plots/ at the root.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    main([str(_run(tmp_path / "x", "c", 1.1)), "sweep/a"])
+    assert (tmp_path / "runs" / "plots" / "loss.png").exists() and not (tmp_path / "plots").exists()
+
+
+def test_plot_cli_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^error: .*empty is not a run directory: it has no metrics.jsonl$") as refused:
+        main([str(tmp_path / "empty")])
+    assert refused.value.code == 2
+    with pytest.raises(SystemExit, match=r"^error: --labels: 1 labels for 2 runs$"):
+        main([str(_run(tmp_path, "a", 1.0)), str(_run(tmp_path, "b", 1.0)), "--labels", "one"])

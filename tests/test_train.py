@@ -226,7 +226,9 @@ def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_p
     ],
 )
 def test_a_bad_config_fails_before_any_work_naming_the_field(tmp_path, capsys, args, field):
-    assert main(["--preset", "cpu-small", "--run_dir", str(tmp_path / "run"), *args]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["--preset", "cpu-small", "--run_dir", str(tmp_path / "run"), *args])
+    assert refused.value.code == 2
     error = capsys.readouterr().err
     assert field in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()

@@ -129,14 +129,14 @@ def test_errors_name_the_problem(tmp_path):
 def test_cli_trains_saves_and_reports(tmp_path, capsys):
     corpus = shared_path("fixtures/corpus.en")
     out = tmp_path / "tok"
-    main([str(corpus), "--vocab-size", "500", "--special", EOT, "--out", str(out)])
+    main([str(corpus), "--model.vocab_size", "500", "--special", EOT, "--out", str(out)])
     report = capsys.readouterr().out
     assert "vocab size   500 (243 merges)" in report
     assert "wall time" in report and "peak memory" in report and "longest" in report
     loaded = load_tokenizer(out)
     assert loaded.merges == reference_merges() and loaded.vocab == reference_vocab()
     with pytest.raises(SystemExit, match="error: .*does not exist"):
-        main([str(tmp_path / "nope.txt"), "--vocab-size", "500", "--out", str(out)])
+        main([str(tmp_path / "nope.txt"), "--model.vocab_size", "500", "--out", str(out)])
 
 
 def test_train_tokenizer_returns_a_loadable_directory(tmp_path):

@@ -19,7 +19,7 @@ def test_invalid_sequences_do_not_decode(sequence):
 
 
 def test_demo_prints_every_answer(capsys):
-    main()
+    main([])
     out = capsys.readouterr().out
     for heading in ("## unicode1", "## unicode2 (a)", "## unicode2 (b)", "## unicode2 (c)"):
         assert heading in out

@@ -1,22 +1,22 @@
 """Parameter, FLOP, memory and training-time accounting, printed as Markdown tables.
 
     python -m pipelines.experiments.accounting                       # the handout's GPT-2 sizes (transformer_accounting, adamwAccounting)
-    python -m pipelines.experiments.accounting --preset tinystories/baseline --peak-flops 989e12 --mfu 0.2
+    python -m pipelines.experiments.accounting --preset tinystories/baseline --peak_flops 989e12 --mfu 0.2
     python -m pipelines.experiments.accounting --preset owt/leaderboard     # its target: 1.5 h on one H100 at 35% MFU
     python -m pipelines.experiments.accounting --model.d_model 256 --model.num_layers 4 --model.num_heads 8 --model.vocab_size 10000 --model.context_length 256
 
 With --preset or any model flag it reports on that one config (steps and batch from the preset
 unless given). A preset with a hardware target (presets.py's TARGETS, e.g. owt/leaderboard: one
 H100, 1.5 hours) is costed on that chip's dense bf16 peak at the target's MFU unless --chip,
---peak-flops or --mfu say otherwise, and the report ends with the budget: the MFU needed to fit
+--peak_flops or --mfu say otherwise, and the report ends with the budget: the MFU needed to fit
 in it and whether the assumed one does. A preset name alone (`--preset leaderboard`) is looked
 up in every dataset. Otherwise on GPT-2 small/medium/large/XL as the handout defines them (vocabulary
 50,257, context 1,024, d_ff = 4 d_model, SwiGLU as built here), XL at context 16,384, the largest
 XL batch in 80 GB and the A100 estimate. The formulas are in core/accounting.py.
 """
 
-import argparse
 import sys
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
@@ -37,7 +37,10 @@ from core.accounting import (
     training_step_flops,
 )
 from core.config import ModelConfig
-from pipelines.training.config.config import parse_overrides, resolve_config
+from core.errors import UsageError
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer, number
+from pipelines.training.config.config import model_config, parse_overrides, resolve_config
 from pipelines.training.hardware.peak import datasheet_peak
 from pipelines.training.config.presets import PRESETS, TARGETS
 
@@ -216,60 +219,78 @@ def find_preset(name: str) -> tuple[str, str]:
         return owners[0], name
     if name in PRESETS:  # a dataset alone: its baseline
         return name, "baseline"
-    raise ValueError(f"--preset {name!r}: name it as DATASET/PRESET, one of "
+    raise UsageError(f"--preset {name!r}: name it as DATASET/PRESET, one of "
                      f"{sorted(f'{d}/{p}' for d, presets in PRESETS.items() for p in presets)}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def parser() -> CommandParser:
+    parser = CommandParser(
         prog="python -m pipelines.experiments.accounting", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--preset", help="DATASET/PRESET from pipelines/training/config/presets.py, e.g. tinystories/baseline")
     for field in fields(ModelConfig):  # the trainer's names for the same settings
         parser.add_argument(f"--model.{field.name}", dest=field.name, default=None, metavar="VALUE")
-    parser.add_argument("--max_steps", type=int, help="training steps (default: the preset's, or 10,000)")
-    parser.add_argument("--data.batch_size", dest="batch_size", type=int, help="sequences per step (default: the preset's, or 1)")
-    parser.add_argument("--peak-flops", type=float, help="chip peak FLOP/s (default: --chip's, else A100 fp32, 19.5e12)")
+    parser.add_argument("--max_steps", type=integer(1), help="training steps (default: the preset's, or 10,000)")
+    parser.add_argument("--data.batch_size", dest="batch_size", type=integer(1), help="sequences per step (default: the preset's, or 1)")
+    parser.add_argument("--peak_flops", type=number(0, open_low=True), help="chip peak FLOP/s (default: --chip's, else A100 fp32, 19.5e12)")
     parser.add_argument("--chip", help="a GPU by name (H100, A100, ...): its dense bf16 peak (pipelines/training/hardware/peak.py)")
-    parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the preset's target, else 0.5)")
-    parser.add_argument("--budget-hours", type=float, help="a time budget to check (default: the preset's target)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--mfu", type=number(0, 1, open_low=True), help="model FLOPs utilisation, in (0, 1] (default: the preset's target, else 0.5)")
+    parser.add_argument("--budget_hours", type=number(0, open_low=True), help="a time budget to check (default: the preset's target)")
+    return parser
+
+
+# The flags that cost one config: meaningless for the default report of the GPT-2 sizes.
+ONE_CONFIG_FLAGS = ("max_steps", "batch_size", "peak_flops", "chip", "mfu", "budget_hours")
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     model_flags = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if getattr(args, f.name) is not None}
+    if args.chip is not None:
+        chip_peak(args.chip)  # an unknown chip is refused whatever else is given
     if args.preset is None and not model_flags:
+        given = [name for name in ONE_CONFIG_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} costs one config: give --preset DATASET/PRESET or the --model.* flags too")
         print(default_report())
         return
-    try:
-        overrides = parse_overrides([(f"model.{name}", value) for name, value in model_flags.items()])
-        target, muon = None, False
-        if args.preset:
-            dataset, preset = find_preset(args.preset)
-            train = resolve_config(dataset, preset, overrides)
-            config, steps, batch = train.model, train.max_steps, train.data.batch_size
-            target, muon = TARGETS.get(f"{dataset}/{preset}"), train.optim.name == "muon"
-        else:
-            model = {name.removeprefix("model."): value for name, value in overrides.items()}
-            required = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads"]
-            missing = [f"--model.{name}" for name in required if name not in model]
-            if missing:
-                raise ValueError(f"without --preset, give {', '.join(missing)} too")
-            config, steps, batch = ModelConfig(**model), 10_000, 1
-        chip = args.chip or (target.chip if target and args.peak_flops is None else None)
-        peak = args.peak_flops or (chip_peak(chip) if chip else A100_FP32)
-        mfu = args.mfu or (target.mfu if target else 0.5)
-        budget = args.budget_hours or (target.hours if target else None)
-        print(config_report(config, args.max_steps or steps, args.batch_size or batch, peak, mfu, chip, budget, muon))
-    except ValueError as error:
-        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
+    overrides = parse_overrides([(f"model.{name}", value) for name, value in model_flags.items()])
+    target, muon = None, False
+    if args.preset:
+        dataset, preset = find_preset(args.preset)
+        train = resolve_config(dataset, preset, overrides)
+        config, steps, batch = train.model, train.max_steps, train.data.batch_size
+        target, muon = TARGETS.get(f"{dataset}/{preset}"), train.optim.name == "muon"
+    else:
+        config, steps, batch = model_from_flags(overrides), 10_000, 1
+    chip = args.chip or (target.chip if target and args.peak_flops is None else None)
+    peak = args.peak_flops if args.peak_flops is not None else (chip_peak(chip) if chip else A100_FP32)
+    mfu = args.mfu if args.mfu is not None else (target.mfu if target else 0.5)
+    budget = args.budget_hours if args.budget_hours is not None else (target.hours if target else None)
+    steps = args.max_steps if args.max_steps is not None else steps
+    batch = args.batch_size if args.batch_size is not None else batch
+    print(config_report(config, steps, batch, peak, mfu, chip, budget, muon))
+
+
+def model_from_flags(overrides: dict) -> ModelConfig:
+    """The ModelConfig the --model.* flags give alone (every required field named)."""
+    model = {name.removeprefix("model."): value for name, value in overrides.items()}
+    required = ["vocab_size", "context_length", "d_model", "num_layers", "num_heads"]
+    missing = [f"--model.{name}" for name in required if name not in model]
+    if missing:
+        raise UsageError(f"without --preset, give {', '.join(missing)} too")
+    return model_config(model)
 
 
 def chip_peak(chip: str) -> float:
     """The dense bf16 peak FLOP/s of the GPU `chip` (the trainer's matmuls run in bf16 on CUDA)."""
     peak = datasheet_peak(chip, torch.bfloat16)
     if peak is None:
-        raise ValueError(f"--chip {chip!r}: unknown; give --peak-flops instead")
+        raise UsageError(f"--chip {chip!r}: unknown; name a GPU such as H100 or A100, or give --peak_flops instead")
     return peak
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

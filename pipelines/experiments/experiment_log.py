@@ -1,6 +1,9 @@
 """Generate the tables and figures of the experiment log from sweep directories:
 
-    python -m pipelines.experiments.experiment_log runs/study/lr runs/study/batch --out docs/experiments.md --figures docs/figures
+    python -m pipelines.experiments.experiment_log runs/study/lr runs/study/batch --out runs/study/log.md --figures runs/study/figures
+
+By default it writes under runs/ (runs/experiment-log/experiments.md and figures/); the project's
+own docs/experiments.md is regenerated only when named: `--out docs/experiments.md --figures docs/figures`.
 
 For each sweep directory (made by pipelines/experiments/sweep.py) it writes a section with the sweep's summary
 table and a validation-loss figure (against steps, tokens and wall-clock seconds; y-axis clipped
@@ -9,39 +12,64 @@ of the run with the lowest validation loss. The result replaces whatever lies be
 
     <!-- experiment-log:start -->  ...  <!-- experiment-log:end -->
 
-in `--out` (appended when the file has none), so the narrative written around them is kept.
+in `--out` (appended when the file has none), so the narrative written around them is kept. Any
+other arrangement of the markers (one without the other, the end before the start, two of
+either) is refused in one line and the file left as it is: text between stray markers is the
+user's, not ours to replace.
 With `--section NAME` the markers are `<!-- experiment-log:NAME:start -->` and
 `<!-- experiment-log:NAME:end -->`, so one file holds several generated sections, each rewritten
 by its own command.
 """
 
-import argparse
 import math
 import os
 import sys
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from core.errors import UsageError
+from pipelines.command import command
+from pipelines.files.atomic import write_atomic
+from pipelines.flags import CommandParser
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import METRICS_FILE, SAMPLES_FILE
-from pipelines.experiments.sweep import SWEEP_SUMMARY_JSON, markdown_table, summarize_run
+from pipelines.experiments.sweep import SWEEP_SUMMARY_JSON, check_run_name, markdown_table, summarize_run
 
 START, END = "<!-- experiment-log:start -->", "<!-- experiment-log:end -->"
+# Under runs/ (ignored by git): regenerating the project's own docs/ is asked for by name.
+DEFAULT_OUT = Path("runs") / "experiment-log" / "experiments.md"
+DEFAULT_FIGURES = Path("runs") / "experiment-log" / "figures"
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """The sweep's rows, re-read from its runs (so a log made mid-sweep is current), in the order
     of its summary.json when there is one, else by name."""
+    if not sweep_dir.is_dir():
+        raise UsageError(f"{sweep_dir} is not a folder (expected a sweep directory from `just sweep`)")
+    if (sweep_dir / METRICS_FILE).exists():
+        raise UsageError(f"{sweep_dir} is a run directory, not a sweep directory: pass the folder that holds the sweep's runs")
     path = sweep_dir / SWEEP_SUMMARY_JSON
-    names = [row["name"] for row in orjson.loads(path.read_bytes())] if path.exists() else sorted(
-        p.name for p in sweep_dir.iterdir() if (p / METRICS_FILE).exists()
-    )
+    names = sweep_names(path) if path.exists() else sorted(p.name for p in sweep_dir.iterdir() if (p / METRICS_FILE).exists())
     if not names:
-        raise FileNotFoundError(f"{sweep_dir} holds no runs (no */metrics.jsonl) and no {SWEEP_SUMMARY_JSON}")
+        raise UsageError(f"{sweep_dir} holds no runs (no */metrics.jsonl) and no {SWEEP_SUMMARY_JSON}")
     return [summarize_run(name, sweep_dir / name) for name in names]
+
+
+def sweep_names(path: Path) -> list[str]:
+    """The run names a sweep's summary.json lists, checked to be one: a list of rows, each with a
+    plain folder name."""
+    try:
+        rows = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON ({error}); rewrite it with `just sweep ... --summary_only`") from None
+    if not (isinstance(rows, list) and all(isinstance(row, dict) and isinstance(row.get("name"), str) for row in rows)):
+        raise UsageError(f"{path} is not a sweep summary (a list of rows with a 'name' each); "
+                         "rewrite it with `just sweep ... --summary_only`")
+    return [check_run_name(row["name"]) for row in rows]
 
 
 def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -> Path:
@@ -88,10 +116,11 @@ def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -
 
 
 def log_section(sweep_dirs: Sequence[Path], out: Path, figures: Path) -> str:
-    """The generated Markdown: one subsection per sweep, then the best run's samples."""
+    """The generated Markdown: one subsection per sweep, then the best run's samples. Every sweep
+    is read before any figure is drawn, so a bad one stops the command with nothing written."""
+    rows_by_sweep = {sweep_dir: sweep_rows(sweep_dir) for sweep_dir in sweep_dirs}
     parts, everything = [], []
-    for sweep_dir in sweep_dirs:
-        rows = sweep_rows(sweep_dir)
+    for sweep_dir, rows in rows_by_sweep.items():
         everything += rows
         png = plot_validation(rows, figures / f"{sweep_dir.name}.png", f"{sweep_dir.name}: validation loss")
         parts += [
@@ -124,7 +153,7 @@ def markers(name: str | None = None) -> tuple[str, str]:
     if name is None:
         return START, END
     if not name or any(c.isspace() for c in name) or "--" in name or ">" in name:
-        raise ValueError(f"--section {name!r}: use a plain name such as 'leaderboard' (no spaces, '--' or '>')")
+        raise UsageError(f"--section {name!r}: use a plain name such as 'leaderboard' (no spaces, '--' or '>')")
     return f"<!-- experiment-log:{name}:start -->", f"<!-- experiment-log:{name}:end -->"
 
 
@@ -132,34 +161,51 @@ def write_log(out: Path, section: str, name: str | None = None) -> None:
     """Put `section` between the markers (of section `name`) in `out`, keeping the text around them."""
     start, end = markers(name)
     block = f"{start}\n<!-- generated by `python -m pipelines.experiments.experiment_log`; edits here are overwritten -->\n\n{section}\n{end}"
-    text = out.read_text(encoding="utf-8") if out.exists() else ""
-    if start in text and end in text:
+    text = read_log(out, name)
+    if start in text:
         before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
+        text = before + block + rest.split(end, 1)[1]
     else:
         text = text + ("\n\n" if text else "") + block + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_atomic(out, text.encode("utf-8"))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def read_log(out: Path, name: str | None = None) -> str:
+    """The text of `out` ("" when it does not exist), refused unless its markers of section `name`
+    are absent or one well-formed pair: start, then end, once each."""
+    if not out.exists():
+        return ""
+    try:
+        text = out.read_bytes().decode("utf-8")  # bytes as they are: no newline translation outside the markers
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--out {out}: cannot read it as UTF-8 text ({error})") from None
+    start, end = markers(name)
+    starts, ends = text.count(start), text.count(end)
+    if (starts, ends) == (0, 0) or ((starts, ends) == (1, 1) and text.index(start) < text.index(end)):
+        return text
+    raise UsageError(f"--out {out}: its {start} / {end} markers are not one pair in order (found {starts} start, "
+                     f"{ends} end{', end first' if starts == ends == 1 else ''}); fix them by hand, the file is unchanged")
+
+
+def parser() -> CommandParser:
+    parser = CommandParser(
         prog="python -m pipelines.experiments.experiment_log", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep directories (from pipelines.experiments.sweep)")
-    parser.add_argument("--out", type=Path, default=Path("docs/experiments.md"), help="Markdown file to update")
-    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="folder for the PNGs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Markdown file to update (default {DEFAULT_OUT})")
+    parser.add_argument("--figures", type=Path, default=DEFAULT_FIGURES, help=f"folder for the PNGs (default {DEFAULT_FIGURES})")
     parser.add_argument("--section", help="the name of the generated section to rewrite (default: the unnamed one)")
-    args = parser.parse_args(argv)
-    try:
-        markers(args.section)  # a bad name fails before any work
-        write_log(args.out, log_section(args.sweeps, args.out, args.figures), args.section)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    read_log(args.out, args.section)  # bad markers or a bad name fail before any work
+    write_log(args.out, log_section(args.sweeps, args.out, args.figures), args.section)
     print(f"updated {args.out} ({len(args.sweeps)} sweeps; figures in {args.figures})")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,16 +3,21 @@
 Two panels, loss against steps and against wall-clock seconds; each run is one colour, its
 training loss a thin line and its validation loss a thicker line with markers. Runs trained with
 `--gns true` get a third panel: the gradient noise scale B_simple (core/gns.py) against steps.
+
+Without --out the figure goes beside what it draws, never into the working tree: RUN/plots/loss.png
+for one run, FOLDER/plots/loss.png for runs that share a folder (a sweep's), else runs/plots/.
 """
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.errors import UsageError
+from pipelines.command import command
+from pipelines.flags import CommandParser
 from pipelines.training.storage.metrics import read_metrics
-from pipelines.training.storage.run_dir import PLOT_FILE
+from pipelines.training.storage.run_dir import METRICS_FILE, PLOT_FILE
 
 
 def plot_runs(
@@ -28,7 +33,7 @@ def plot_runs(
     import matplotlib.pyplot as plt
 
     if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+        raise UsageError(f"--labels: {len(labels)} labels for {len(run_dirs)} runs")
     labels = list(labels) if labels is not None else [Path(run).name for run in run_dirs]
     rows_by_run = [read_metrics(run) for run in run_dirs]
     noise = any(r.get("gns_b_simple") is not None for rows in rows_by_run for r in rows)
@@ -74,20 +79,35 @@ def _draw_noise_scale(axis, rows: list[dict], colour: str, label: str) -> None:
     axis.legend(fontsize="small")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.experiments.plot", description="Draw learning curves of runs to PNG.")
+def default_out(runs: Sequence[Path]) -> Path:
+    """Where a plot goes without --out (see the module's docstring)."""
+    if len(runs) == 1:
+        return runs[0] / PLOT_FILE
+    shared = Path(os.path.commonpath([run.resolve() for run in runs]))
+    if shared in (Path.cwd(), *Path.cwd().parents):  # no folder of their own: runs/ is ignored by git
+        return Path("runs") / PLOT_FILE
+    return shared / PLOT_FILE
+
+
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.experiments.plot", description="Draw learning curves of runs to PNG.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with metrics.jsonl)")
-    parser.add_argument("--out", type=Path, help="PNG path (default: RUN/plots/loss.png for one run, plots/loss.png otherwise)")
+    parser.add_argument("--out", type=Path, help="PNG path (default: RUN/plots/loss.png for one run, "
+                                                 "FOLDER/plots/loss.png for runs in one folder, else runs/plots/loss.png)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: the run directory names)")
     parser.add_argument("--title")
-    args = parser.parse_args(argv)
-    out = args.out or (args.runs[0] / PLOT_FILE if len(args.runs) == 1 else Path("plots") / "loss.png")
-    try:
-        path = plot_runs(args.runs, out, args.labels, args.title)
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    for run in args.runs:
+        if not (run / METRICS_FILE).is_file():
+            raise UsageError(f"{run} is not a run directory: it has no {METRICS_FILE}")
+    path = plot_runs(args.runs, args.out or default_out(args.runs), args.labels, args.title)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

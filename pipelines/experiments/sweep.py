@@ -23,8 +23,8 @@ schedule, betas, eps, weight decay, clipping) train in this process as one stack
 into the same run directories (pipelines/experiments/vmap_sweep.py); others run one by one.
 """
 
-import argparse
 import itertools
+from argparse import RawDescriptionHelpFormatter
 import math
 import os
 import signal
@@ -39,7 +39,10 @@ from typing import Any
 
 import orjson
 
+from core.errors import UsageError
+from pipelines.command import command
 from pipelines.experiments.vmap_sweep import train_stacked
+from pipelines.flags import CommandParser, integer, processes
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
@@ -59,7 +62,7 @@ def parse_assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not name:
-        raise ValueError(f"expected FIELD=VALUE, got {text!r}")
+        raise UsageError(f"expected FIELD=VALUE, got {text!r}")
     return name, value.strip()
 
 
@@ -73,7 +76,7 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
         name, values = parse_assignment(spec)
         texts = [v.strip() for v in values.split(",") if v.strip()]
         if not texts:
-            raise ValueError(f"--vary {spec!r}: no values")
+            raise UsageError(f"--vary {spec!r}: no values")
         axes.append([(name, text) for text in texts])
     listed = []  # (given name or "", assignments)
     for spec in variants:
@@ -89,7 +92,7 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
             names = [f"{field}={text}" for field, text in point] + ([label] if label else [f"{f}={t}" for f, t in extra])
             name = check_run_name(",".join(names) or "base")
             if name in seen:
-                raise ValueError(f"variant {name!r} is listed twice")
+                raise UsageError(f"variant {name!r} is listed twice")
             seen.add(name)
             result.append(Variant(name, parse_overrides(pairs)))
     return result
@@ -97,10 +100,10 @@ def make_variants(vary: Sequence[str], variants: Sequence[str]) -> list[Variant]
 
 def check_run_name(name: str) -> str:
     """`name` when it is a plain folder name, so the run stays inside the sweep directory; else
-    ValueError. A name with a '/' would nest the run or, absolute or with '..', put it elsewhere."""
+    UsageError. A name with a '/' would nest the run or, absolute or with '..', put it elsewhere."""
     separators = {"/", "\0", os.sep} | ({os.altsep} if os.altsep else set())
     if name in ("", ".", "..") or name.startswith("-") or any(s in name for s in separators):
-        raise ValueError(
+        raise UsageError(
             f"variant name {name!r} is not a plain folder name (no '/', not '.' or '..', no leading '-'); "
             "name the variant: --variant NAME:FIELD=VALUE"
         )
@@ -112,12 +115,21 @@ def resolve_variant(base: str, fixed: dict[str, Any], variant: Variant, run_dir:
     config) so that derived defaults follow the variant: ffn=silu gets d_ff = 4 d_model."""
     overrides = {**fixed, **variant.overrides, "run_dir": str(run_dir)}
     if Path(base).suffix == ".json":
-        dataset = orjson.loads(Path(base).read_bytes()).get("dataset", "tinystories")
-        return resolve_config(dataset, "baseline", overrides, config_file=base)
+        return resolve_config(_dataset_of(Path(base)), "baseline", overrides, config_file=base)
     dataset, sep, preset = base.partition("/")
     if not sep:
-        raise ValueError(f"CONFIG {base!r}: expected DATASET/PRESET (e.g. tinystories/cpu-small) or a .json file")
+        raise UsageError(f"CONFIG {base!r}: expected DATASET/PRESET (e.g. tinystories/cpu-small) or a .json file")
     return resolve_config(dataset, preset, overrides)
+
+
+def _dataset_of(config_file: Path) -> str:
+    try:
+        values = orjson.loads(config_file.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as error:
+        raise UsageError(f"CONFIG {config_file}: not a readable JSON config ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"CONFIG {config_file}: not a JSON object")
+    return values.get("dataset", "tinystories")
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -256,7 +268,7 @@ def sweep(
             print(f"{name}: already {run_status(out / name)}, skipped", file=sys.stderr)
     if vmap and todo and train_stacked({name: configs[name] for name in todo}, threads):
         todo = []
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or threads_per_variant(None, jobs)[0]
 
     trainers = Trainers()
 
@@ -276,11 +288,26 @@ def sweep(
     return write_summary(out, list(configs), title=out.name)
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def threads_per_variant(threads: int | None, jobs: int) -> tuple[int, str]:
+    """Torch threads for each variant, and where the number comes from: --threads, else
+    OMP_NUM_THREADS (what a shared machine's user sets to say how many cores are theirs), else the
+    CPUs shared out among the jobs."""
+    if threads is not None:
+        return threads, "--threads"
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise UsageError(f"OMP_NUM_THREADS={given!r}: expected a positive integer")
+        return int(given), f"OMP_NUM_THREADS={given}"
+    cpus = os.cpu_count() or 1
+    return max(1, cpus // jobs), f"{cpus} CPUs / {jobs} job{'s' if jobs > 1 else ''}"
+
+
+def parser() -> CommandParser:
+    parser = CommandParser(
         prog="python -m pipelines.experiments.sweep",
         description="Train a grid of config variants, resumably, and summarise them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("config", help="DATASET/PRESET (e.g. tinystories/cpu-small) or a JSON config file")
@@ -288,33 +315,33 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=V[+NAME=V]|base", help="one listed variant (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override for every variant")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<config name>)")
-    parser.add_argument("--jobs", type=int, default=1, help="variants trained side by side (default 1)")
-    parser.add_argument("--threads", type=int, help="torch threads per variant (default: CPUs / jobs)")
+    parser.add_argument("--jobs", type=processes(), default=1, help="variants trained side by side (default 1)")
+    parser.add_argument("--threads", type=integer(1, 4096), help="torch threads per variant (default: $OMP_NUM_THREADS, else CPUs / jobs)")
     parser.add_argument("--vmap", action="store_true",
                         help="train the variants in this process as one stacked model (torch.func.vmap) when only their "
                              "seed and optimizer settings differ; others run one by one")
-    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary of the runs present; train nothing")
+    parser.add_argument("--summary_only", action="store_true", help="rewrite the summary of the runs present; train nothing")
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> None:
-    arguments = parser()
-    args = arguments.parse_args(argv)
-    try:
-        variants = make_variants(args.vary, args.variant)
-        fixed = parse_overrides(args.set)
-        out = args.out or Path("runs") / f"sweep-{Path(args.config).stem.replace('/', '-')}"
-        if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-            raise ValueError("--jobs and --threads must be positive")
-        if args.summary_only:
-            rows = write_summary(out, [v.name for v in variants], title=out.name)
-        else:
-            rows = sweep(args.config, variants, out, fixed, args.jobs, args.threads, vmap=args.vmap)
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
+    args = parser().parse_args(argv)
+    variants = make_variants(args.vary, args.variant)
+    fixed = parse_overrides(args.set)
+    out = args.out or Path("runs") / f"sweep-{Path(args.config).stem.replace('/', '-')}"
+    if args.summary_only:
+        rows = write_summary(out, [v.name for v in variants], title=out.name)
+    else:
+        for variant in variants:  # every setting of every variant checked before anything is written
+            resolve_variant(args.config, fixed, variant, out / variant.name)
+        threads, source = threads_per_variant(args.threads, args.jobs)
+        print(f"sweep: {threads} torch thread{'s' if threads > 1 else ''} per variant ({source}), "
+              f"{args.jobs} variant{'s' if args.jobs > 1 else ''} at a time", file=sys.stderr)
+        rows = sweep(args.config, variants, out, fixed, args.jobs, threads, vmap=args.vmap)
     print(markdown_table(rows))
     print(f"wrote {out / SWEEP_SUMMARY_MD}, {out / SWEEP_SUMMARY_JSON} and {out / SWEEP_CURVES}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,6 @@ tokens, the compression (bytes per token) of each tokenizer on sampled documents
 and single-process encoding throughput with the implied time for the 825 GB Pile.
 """
 
-import argparse
 import math
 import os
 import random
@@ -25,7 +24,10 @@ from pathlib import Path
 
 import orjson
 
+from core.errors import UsageError
 from core.tokenizer import Tokenizer
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer
 from pipelines.training.data.download import cache_dir
 from pipelines.training.data.prepare import SPECIAL_TOKENS, file_key
 from pipelines.tokenizer.store import load_tokenizer
@@ -103,7 +105,7 @@ def report(data: Path, cache: Path, samples: int, seed: int) -> str:
     missing = [c.train_file for c in CORPORA if not (data / c.train_file).exists()]
     corpora = [c for c in CORPORA if c.train_file not in missing]
     if not corpora:
-        raise FileNotFoundError(f"none of {[c.train_file for c in CORPORA]} found in {data}")
+        raise UsageError(f"none of {[c.train_file for c in CORPORA]} found in {data}")
     texts = {c.name: (data / c.train_file).read_text(encoding="utf-8") for c in corpora}
     rng = random.Random(seed)
     sampled = {name: rng.sample(documents(text), min(samples, len(documents(text)))) for name, text in texts.items()}
@@ -140,20 +142,22 @@ def report(data: Path, cache: Path, samples: int, seed: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.experiments.tokenizer_report", description=__doc__.split("\n\n")[0])
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.experiments.tokenizer_report", description=__doc__.split("\n\n")[0])
     default_data = Path(os.environ.get("LMKIT_SHARED", "../shared")) / "data"
-    parser.add_argument("--data", type=Path, default=default_data, help=f"folder with {CORPORA[0].train_file}, "
+    parser.add_argument("--data.path", dest="data", type=Path, default=default_data, help=f"folder with {CORPORA[0].train_file}, "
                         f"{CORPORA[1].train_file} (default: $LMKIT_SHARED/data, else ../shared/data)")
     parser.add_argument("--cache", type=Path, help="tokenizer cache (default: $LMKIT_CACHE/tokenizer-report)")
-    parser.add_argument("--samples", type=int, default=10, help="documents sampled per corpus")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        print(report(args.data, args.cache or cache_dir() / "tokenizer-report", args.samples, args.seed))
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")  # one line; parser.error would print the usage too
+    parser.add_argument("--samples", type=integer(1, 100_000), default=10, help="documents sampled per corpus")
+    parser.add_argument("--seed", type=integer(0), default=0)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    print(report(args.data, args.cache or cache_dir() / "tokenizer-report", args.samples, args.seed))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

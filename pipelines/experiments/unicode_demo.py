@@ -4,6 +4,12 @@ unicode1: what chr(0) is and how it shows; unicode2: UTF-8 against UTF-16/32 siz
 UTF-8 byte by byte is wrong, and a two-byte sequence that decodes to nothing.
 """
 
+import sys
+from collections.abc import Sequence
+
+from pipelines.command import command
+from pipelines.flags import CommandParser
+
 SAMPLES = ("hello! こんにちは!", "Once upon a time", "naïve café", "😀 emoji")
 INVALID = (b"\xc3\x28", b"\x80\x80")
 
@@ -56,9 +62,15 @@ def unicode2() -> list[str]:
     return lines
 
 
-def main() -> None:
+def parser() -> CommandParser:
+    return CommandParser(prog="python -m pipelines.experiments.unicode_demo", description=__doc__.split("\n\n")[0])
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(argv)
     print("\n".join(unicode1() + [""] + unicode2()))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

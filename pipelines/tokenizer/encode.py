@@ -19,7 +19,6 @@ or lie inside the tokenizer's folder, and a file already there is replaced only 
 when the sidecar shows this command wrote it: re-encoding its own output loses no one's data.
 """
 
-import argparse
 import io
 import json
 import os
@@ -36,6 +35,8 @@ from core.errors import UsageError
 from core.tokenizer import Tokenizer
 from pipelines.files.atomic import open_atomic, remove_stale_temporaries, write_atomic
 from pipelines.files.lock import hold
+from pipelines.command import command
+from pipelines.flags import CommandParser, processes
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 from pipelines.tokenizer.outputs import check_outputs
 from pipelines.tokenizer.store import load_tokenizer
@@ -201,20 +202,21 @@ def _encoded_ranges(
         yield from pool.imap(_encode_range, tasks)  # imap keeps file order
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer.encode", description=__doc__.split("\n")[0])
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.tokenizer.encode", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 text to encode")
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by train_tokenizer")
     parser.add_argument("--out", type=Path, required=True, help="output .npy (its sidecar FILE.npy.meta.json goes beside it)")
-    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: per file size and CPUs)")
+    parser.add_argument("--workers", type=processes(), default=None, help="encoding processes (default: per file size and CPUs)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out this command did not write")
-    args = parser.parse_args(argv)
+    return parser
 
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     started_at, started = time.time(), time.perf_counter()
-    try:
-        out = encode_file(args.input, args.tokenizer, args.out, args.workers, force=args.force, progress=True)
-    except UsageError as error:
-        sys.exit(f"error: {error}")
+    out = encode_file(args.input, args.tokenizer, args.out, args.workers, force=args.force, progress=True)
     elapsed = time.perf_counter() - started
     sidecar = sidecar_path(out)
     record = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -225,4 +227,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,9 @@
 """Train a byte-level BPE tokenizer on a text file and save it (vocab.json, merges.txt, special_tokens.json).
 
-    python -m pipelines.tokenizer.train INPUT --vocab-size 10000 --special '<|endoftext|>' --out DIR [--force]
+    python -m pipelines.tokenizer.train INPUT --model.vocab_size 10000 --special '<|endoftext|>' --out DIR [--force]
+
+`--model.vocab_size` is the trainer's name for the same number: the model's vocabulary is the
+tokenizer's.
 
 Pre-token counting runs in parallel: the file is split into byte ranges at safe cuts (before a
 special token, or after a lone newline; see core/pretokenize.py), and each worker streams its range
@@ -13,7 +16,6 @@ files is written over only with --force. The folder is written whole (pipelines/
 and locked while training and writing: a second `train-tokenizer` to it waits for the first.
 """
 
-import argparse
 import os
 import resource
 import sys
@@ -32,6 +34,8 @@ from core.errors import UsageError
 from core.tokenizer import Tokenizer
 from pipelines.files.atomic import remove_stale_temporaries
 from pipelines.files.lock import hold
+from pipelines.command import command
+from pipelines.flags import CommandParser, integer, processes
 from pipelines.tokenizer.files import PIECE_BYTES, SERIAL_BELOW, check_text_file, cut_points, default_workers, read_pieces
 from pipelines.tokenizer.outputs import check_output_folder
 from pipelines.tokenizer.store import TOKENIZER_FILES, save_tokenizer
@@ -165,23 +169,33 @@ def _peak_memory_mib() -> float:
     return (own + children) / 1024
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tokenizer.train", description=__doc__.split("\n")[0])
+# Token files hold ids as uint32 at most (pipelines/tokenizer/encode.py).
+MAX_VOCAB_SIZE = 2**32
+
+
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.tokenizer.train", description=__doc__.split("\n")[0])
     parser.add_argument("input", type=Path, help="UTF-8 training text")
-    parser.add_argument("--vocab-size", type=int, required=True, help="size of the final vocabulary, specials included")
+    parser.add_argument("--model.vocab_size", dest="vocab_size", type=integer(256, MAX_VOCAB_SIZE), required=True, metavar="N",
+                        help="size of the final vocabulary, specials included")
     parser.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the tokenizer into")
-    parser.add_argument("--workers", type=int, default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
+    parser.add_argument("--workers", type=processes(), default=None, help="pre-tokenizing processes (default: per file size and CPUs)")
     parser.add_argument("--force", action="store_true", help="write over a tokenizer already in --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    needed = 256 + len(set(args.special))
+    if args.vocab_size < needed:
+        raise UsageError(f"--model.vocab_size {args.vocab_size}: the 256 bytes and {needed - 256} special token(s) need at least {needed}")
 
     started = time.perf_counter()
-    try:
-        tokenizer = train_and_save(
-            args.input, args.vocab_size, args.special, args.out, force=args.force, num_workers=args.workers, progress=True
-        )
-    except UsageError as error:
-        sys.exit(f"error: {error}")
+    tokenizer = train_and_save(
+        args.input, args.vocab_size, args.special, args.out, force=args.force, num_workers=args.workers, progress=True
+    )
     elapsed = time.perf_counter() - started
     out, vocab, merges = args.out, tokenizer.vocab, tokenizer.merges
 
@@ -197,4 +211,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

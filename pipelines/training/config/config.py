@@ -6,9 +6,14 @@ Every setting has one name from flag to function: its dotted path in the tree, e
 `--set schedule.lr=3e-3`, sweeps' `--vary schedule.lr=1e-3,3e-3` and `parse_overrides` all take
 these names. Resolution order, later wins: the preset < a JSON config file (`--config`, e.g. a
 run's config.json) < overrides.
+
+Every value is checked before any work: its type, that a number is finite and an integer fits in
+64 bits (`_check_type`, for every leaf), then each setting's range (`__post_init__`). A refusal is
+a UsageError naming the setting.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -19,14 +24,17 @@ from typing import Any
 import orjson
 
 from core.config import ModelConfig
+from core.errors import UsageError
+from pipelines.flags import INT64_MAX, INT64_MIN, closest
 from pipelines.training.config.presets import PRESETS
 
 GRAD_MODES = ("autograd", "func")
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: beyond it a collective's timeout overflows some backends' clocks
 
 
 def _require(ok: bool, name: str, requirement: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"TrainConfig.{name} must {requirement}, got {value!r}")
+        raise UsageError(f"TrainConfig.{name} must {requirement}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ class TrainConfig:
         _require(0 <= self.seed < 2**31, "seed", "lie in [0, 2**31)", self.seed)
         _require(self.grad_accum >= 1, "grad_accum", "be >= 1", self.grad_accum)
         _require(self.bucket_mb > 0, "bucket_mb", "be positive", self.bucket_mb)
-        _require(self.timeout_s > 0, "timeout_s", "be positive", self.timeout_s)
+        _require(0 < self.timeout_s <= MAX_TIMEOUT_S, "timeout_s", f"lie in (0, {MAX_TIMEOUT_S}] seconds", self.timeout_s)
         _require(self.grad_mode in GRAD_MODES, "grad_mode", f"be one of {GRAD_MODES}", self.grad_mode)
         _require(self.device.split(":")[0] in ("auto", "cpu", "cuda", "mps"), "device", "be auto, cpu, cuda[:N] or mps", self.device)
         _require(self.dataset in PRESETS, "dataset", f"be one of {sorted(PRESETS)}", self.dataset)
@@ -190,7 +198,7 @@ class TrainConfig:
         grad_accum 1 the micro-batch is this process's local batch."""
         small, big = self.data.batch_size, self.data.batch_size * self.grad_accum * world
         if big == small:
-            raise ValueError("--gns compares gradients at two batch sizes: set grad_accum >= 2 or train on several processes (--nproc N)")
+            raise UsageError("--gns compares gradients at two batch sizes: set grad_accum >= 2 or train on several processes (--nproc N)")
         return small, big
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,23 +208,29 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """A validated config from nested plain values; unknown or mistyped fields are named."""
         if "model" not in values:
-            raise ValueError("TrainConfig needs a 'model' entry (the ModelConfig fields)")
+            raise UsageError("TrainConfig needs a 'model' entry (the ModelConfig fields)")
         return _build(cls, values, "")
+
+
+def model_config(values: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from plain values, checked as a TrainConfig's `model` is (types, finite
+    numbers, 64-bit integers, then ModelConfig's own ranges)."""
+    return _build(ModelConfig, values, "model.")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """`cls` from a dict, nested dataclasses from nested dicts, each value type-checked by name."""
     if not isinstance(values, dict):
-        raise ValueError(f"config field {prefix.rstrip('.') or 'root'!r} must be a mapping, got {values!r}")
+        raise UsageError(f"config field {prefix.rstrip('.') or 'root'!r} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown config field(s) {[prefix + name for name in unknown]}; known: {sorted(prefix + k for k in known)}")
+        raise UsageError(f"unknown config field(s) {[prefix + name for name in unknown]}; known: {sorted(prefix + k for k in known)}")
     required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [prefix + name for name in required if name not in values]
     if missing:
-        raise ValueError(f"config field(s) {missing} must be given")
+        raise UsageError(f"config field(s) {missing} must be given")
     built = {}
     for name, value in values.items():
         kind = hints[name]
@@ -225,7 +239,12 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         else:
             _check_type(prefix + name, value, kind)
             built[name] = value
-    return cls(**built)
+    try:
+        return cls(**built)
+    except UsageError:
+        raise
+    except ValueError as error:  # a dataclass's own validation (ModelConfig's) of the user's values
+        raise UsageError(str(error)) from None
 
 
 def field_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
@@ -249,8 +268,7 @@ def parse_overrides(pairs: Iterable[str | tuple[str, str]]) -> dict[str, Any]:
         name, sep, text = pair.partition("=") if isinstance(pair, str) else (pair[0], "=", pair[1])
         name = name.strip()
         if not sep or name not in types_by_name:
-            raise ValueError(f"{''.join(pair)!r}: expected NAME=VALUE with NAME a config field such as "
-                             f"schedule.lr or model.d_model (all: {', '.join(sorted(types_by_name))})")
+            raise UsageError(f"{''.join(pair)!r}: expected NAME=VALUE with NAME a setting{_did_you_mean(name, types_by_name)}")
         typed[name] = parse_value(name, text.strip(), types_by_name[name])
     return typed
 
@@ -267,7 +285,7 @@ def parse_value(name: str, text: str, annotation: Any) -> Any:
             return text.lower() in ("true", "1", "yes")
         return kind(text)
     except ValueError:
-        raise ValueError(f"config field {name!r} expects {kind.__name__}, got {text!r}") from None
+        raise UsageError(f"config field {name!r} expects {kind.__name__}, got {text!r}") from None
 
 
 def resolve_config(
@@ -279,9 +297,9 @@ def resolve_config(
     """A validated TrainConfig from a preset, an optional JSON file and typed overrides by dotted
     name ({"schedule.lr": 3e-3, "model.d_model": 256})."""
     if dataset not in PRESETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(PRESETS)}")
+        raise UsageError(f"unknown dataset {dataset!r}; known: {sorted(PRESETS)}")
     if preset not in PRESETS[dataset]:
-        raise ValueError(f"unknown preset {preset!r} for {dataset}; known: {sorted(PRESETS[dataset])}")
+        raise UsageError(f"unknown preset {preset!r} for {dataset}; known: {sorted(PRESETS[dataset])}")
     values = _merge({"dataset": dataset}, PRESETS[dataset][preset])
     if config_file is not None:
         values = _merge(values, _read_config_file(Path(config_file)))
@@ -297,9 +315,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         values = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as error:
-        raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+        raise UsageError(f"config file {path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise UsageError(f"config file {path}: {error.strerror or error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a JSON object")
+        raise UsageError(f"config file {path} must hold a JSON object")
     return values
 
 
@@ -309,7 +329,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for name, value in flat.items():
         if name not in known:
-            raise ValueError(f"unknown config field {name!r}; known: {', '.join(sorted(known))}")
+            raise UsageError(f"unknown config field {name!r}{_did_you_mean(name, known)}")
         *path, leaf = name.split(".")
         node = nested
         for key in path:
@@ -333,6 +353,8 @@ def _base_type(annotation: Any) -> type:
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """The value's type, and for numbers what every setting needs: finite, and an integer that
+    fits in 64 bits (JSON, numpy and torch all hold it); ranges are each setting's own check."""
     if value is None and type(None) in typing.get_args(annotation):
         return
     kind = _base_type(annotation)
@@ -340,4 +362,20 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
-        raise ValueError(f"TrainConfig.{name} must be {kind.__name__}, got {value!r}")
+        raise UsageError(f"TrainConfig.{name} must be {kind.__name__}, got {value!r}")
+    if kind is float and not _finite(value):
+        raise UsageError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+    if kind is int and not INT64_MIN <= value <= INT64_MAX:
+        raise UsageError(f"TrainConfig.{name} must fit in a 64-bit integer, got {value!r}")
+
+
+def _finite(value: float | int) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = closest(name, sorted(known))
+    return f"; did you mean {' or '.join(close)}?" if close else " such as schedule.lr or model.d_model"

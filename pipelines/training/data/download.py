@@ -30,6 +30,7 @@ from tqdm import tqdm
 from core.errors import UsageError
 from pipelines.files.atomic import fsync_folder
 from pipelines.files.lock import hold
+from pipelines.training.data.dataset_names import local_sample_hint
 
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"}
@@ -316,8 +317,7 @@ def _content_range(headers) -> tuple[int | None, int | None, int | None]:
 def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int | None,
                      files: dict[str, str] = TINYSTORIES_FILES, unpacked: bool = False) -> str:
     """One line: what failed, and which files (`files`' train and valid) to put where instead."""
-    shared = Path("../shared/data")
-    hint = f" For a small local sample: --data.path {shared}" if shared.is_dir() else ""
+    hint = local_sample_hint(files["train"])
     full, valid, folder = files["train"], files["valid"], tinystories_folder(dest, train_mb)
     packed = " (unpacked from their .gz)" if unpacked else ""
     if train_mb is None:

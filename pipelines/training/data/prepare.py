@@ -28,6 +28,7 @@ from core.errors import UsageError
 from core.tokenizer import Tokenizer
 from pipelines.files.atomic import copy_folder, remove_stale_temporaries
 from pipelines.files.lock import hold
+from pipelines.training.data.dataset_names import check_dataset_matches
 from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer, save_tokenizer
 from pipelines.tokenizer.train import train_bpe
@@ -126,6 +127,7 @@ def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> Data
         raise UsageError(f"--data.tokenizer {tokenizer} is not a directory")
     train_npy, valid_npy = find_split(source, "train", ".npy"), find_split(source, "valid", ".npy")
     if train_npy and valid_npy:
+        check_dataset_matches(config.dataset, train_npy, valid_npy)
         if tokenizer is None and (source / "tokenizer").is_dir():
             tokenizer = source / "tokenizer"
         return DataFiles(train_npy, valid_npy, tokenizer or run_tokenizer)
@@ -139,6 +141,7 @@ def prepare_data(config: TrainConfig, run_tokenizer: Path | None = None) -> Data
     for text in (train_txt, valid_txt):
         if text.stat().st_size == 0:
             raise UsageError(f"{text} is empty: there is nothing to train or validate on")
+    check_dataset_matches(config.dataset, train_txt, valid_txt)
     tokenizer = tokenizer or run_tokenizer
     if tokenizer is None:
         tokenizer = cache_dir() / "tokenizers" / f"{train_txt.stem}-v{config.model.vocab_size}-{file_key(train_txt)}"

@@ -1,0 +1,42 @@
+"""Every command a user runs, found where the user finds them: the justfile's recipes.
+
+Each recipe that runs `{{python}} -m MODULE` is a command whose MODULE has `parser()` (the
+project's CommandParser) and `main(argv)`; `just bench NAME` is one command per bench/NAME.py.
+Tests of the command lines (flag spelling, README's commands, numbers checked) take their list
+from here, so a new recipe is covered without editing them.
+"""
+
+import functools
+import importlib
+import re
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).parent.parent
+# Recipes that are not commands of the project: they install it or run pytest.
+NOT_COMMANDS = {"setup", "test", "test-all"}
+
+
+@functools.cache
+def recipe_modules() -> dict[str, str]:
+    """{recipe: module} for every recipe that runs a module; "bench NAME" for each benchmark."""
+    modules, recipe = {}, None
+    for line in (ROOT / "justfile").read_text().splitlines():
+        header = re.match(r"^([a-z][\w-]*)\b[^:=]*:", line)
+        if header:
+            recipe = header.group(1)
+        found = re.search(r"\{\{python\}\} -m ([\w.{}]+)", line)
+        if recipe and found and recipe not in NOT_COMMANDS:
+            module = found.group(1)
+            if "{{NAME}}" in module:
+                for path in sorted((ROOT / "bench").glob("*.py")):
+                    candidate = module.replace("{{NAME}}", path.stem)
+                    if hasattr(importlib.import_module(candidate), "parser"):
+                        modules[f"{recipe} {path.stem}"] = candidate
+            else:
+                modules[recipe] = module
+    return modules
+
+
+def command_module(recipe: str) -> ModuleType:
+    return importlib.import_module(recipe_modules()[recipe])
