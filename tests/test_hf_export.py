@@ -170,7 +170,7 @@ def test_greedy_generation_gives_the_same_tokens_and_text_as_just_generate(train
     assert len(ours) == 50 and eos not in ours  # the whole 50, not an early stop
     assert theirs == ours
     capsys.readouterr()
-    generate_main(["--run", str(trained_run), "--prompt", prompt, "--max-tokens", "50", "--temperature", "0"])
+    generate_main(["--run", str(trained_run), "--sample.prompt", prompt, "--sample.tokens", "50", "--sample.temperature", "0"])
     assert capsys.readouterr().out == prompt + tokenizer.decode(theirs, skip_special_tokens=True) + "\n"
 
 
@@ -332,7 +332,7 @@ def refused_export(argv: list[str], out: Path) -> str:
     before = sorted(out.parent.iterdir()) if out.parent.exists() else None
     with pytest.raises(SystemExit) as refused:
         main([*argv, "--out", str(out)])
-    message = str(refused.value.code)
+    message = str(refused.value)
     assert message.startswith("error: ") and "\n" not in message
     assert (sorted(out.parent.iterdir()) if out.parent.exists() else None) == before  # nothing written, no debris
     return message

@@ -14,10 +14,8 @@ tokenizer must load and belong together, and the model must be one Llama compute
 NoPE, ... are refused by name). The folder appears whole or not at all.
 """
 
-import argparse
 import contextlib
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +29,10 @@ from params.hf.files import require
 from params.hf.weights import to_hf_state_dict
 from pipelines.export.model_card import model_card
 from pipelines.export.tokenizer_files import as_json, end_of_text_id, special_tokens_map, tokenizer_config, tokenizer_json
+from pipelines.command import command
 from pipelines.files.atomic import build_folder, remove_stale_temporaries, write_atomic
 from pipelines.files.lock import hold
+from pipelines.flags import CommandParser
 from pipelines.generate import load_run
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.run_dir import checkpoint_path
@@ -112,8 +112,8 @@ def generation_config(tokenizer: Tokenizer, config: ModelConfig) -> dict:
     return {**values, "suppress_tokens": unused} if unused else values
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.export",
+def parser() -> CommandParser:
+    parser = CommandParser(prog="python -m pipelines.export",
                                      description="Export a trained run to a Hugging Face transformers (Llama) folder.")
     parser.add_argument("--run", type=Path, required=True, help="the run directory")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: RUN/checkpoints/last.pt)")
@@ -122,12 +122,10 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    try:
-        out = export_run(args.run, args.out, args.checkpoint, args.dtype)
-    except (ValueError, OSError) as error:  # UsageError, and the run readers' refusals (ValueError, OSError)
-        sys.exit(f"error: {error}")
+    out = export_run(args.run, args.out, args.checkpoint, args.dtype)
     print(f"exported {args.run} to {out}")
 
 
