@@ -102,7 +102,9 @@ def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holde
         wait_for_progress(first, run_dir)  # the first trainer holds the lock and trains
         assert first.poll() is None
         # The second trainer: the command's main() in this process, a process apart from the first.
-        assert main(command(token_dir, run_dir, "--max_steps", "10", "--resume")[3:]) != 0
+        with pytest.raises(SystemExit) as refused:
+            main(command(token_dir, run_dir, "--max_steps", "10", "--resume")[3:])
+        assert refused.value.code == 2
         error = capsys.readouterr().err
         assert f"in use by pid {first.pid}" in error and "Traceback" not in error
     finally:

@@ -73,7 +73,7 @@ def test_a_second_tokenize_waits_then_refuses_a_different_result_in_one_line(cor
         for name in ("ids.npy", "ids.npy.meta.json"):
             shutil.copy(tmp_path / "made" / name, tmp_path / name)
     _, stderr = second.communicate(timeout=120)
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert stderr.splitlines()[-1] == f"error: --out {out} was written by another process while this one waited for it; rerun to replace it"
     assert read_record(out)["tokenizer"] == str(tokenizers[0].resolve())  # the first writer's result stands
 
@@ -81,11 +81,11 @@ def test_a_second_tokenize_waits_then_refuses_a_different_result_in_one_line(cor
 def test_a_second_train_tokenizer_waits_then_refuses_to_replace_the_first_ones(corpus, tokenizers, tmp_path):
     out = tmp_path / "tok"
     with hold(out.absolute()):
-        second = start("pipelines.tokenizer.train", str(corpus), "--vocab-size", "300", "--special", EOT, "--out", str(out))
+        second = start("pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "300", "--special", EOT, "--out", str(out))
         wait_until_waiting(second, out.absolute())
         shutil.copytree(tokenizers[0], out)
     _, stderr = second.communicate(timeout=120)
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert stderr.splitlines()[-1].endswith("vocab.json already exists; pass --force to replace it")
     assert load_tokenizer(out).fingerprint() == load_tokenizer(tokenizers[0]).fingerprint()
 

@@ -73,7 +73,9 @@ def one_error_line(capsys) -> str:
 
 def test_an_empty_train_split_is_refused_before_the_run_directory_or_the_cache_exists(text_dir, cache, tmp_path, capsys):
     (text_dir / "train.txt").write_text("")
-    assert main(["--data.path", str(text_dir), "--run_dir", str(tmp_path / "run"), *TEXT_FLAGS]) != 0
+    with pytest.raises(SystemExit) as refused:
+        main(["--data.path", str(text_dir), "--run_dir", str(tmp_path / "run"), *TEXT_FLAGS])
+    assert refused.value.code == 2
     assert one_error_line(capsys) == f"error: {text_dir / 'train.txt'} is empty: there is nothing to train or validate on"
     assert not (tmp_path / "run").exists() and not cache.exists()
 
@@ -134,11 +136,15 @@ def test_an_edited_run_tokenizer_is_named_by_its_folder_on_resume(text_dir, cach
     del entries[max(entries, key=entries.get)]  # the last merge's token
     vocab.write_text(json.dumps(entries), encoding="utf-8")
     capsys.readouterr()
-    assert main(["--resume", "--run_dir", str(run_dir), "--max_steps", "3"]) != 0
+    with pytest.raises(SystemExit) as refused:
+        main(["--resume", "--run_dir", str(run_dir), "--max_steps", "3"])
+    assert refused.value.code == 2
     assert one_error_line(capsys).startswith(f"error: tokenizer folder {run_dir / 'tokenizer'} does not hold one tokenizer: merge ")
 
     vocab.write_text(vocab.read_text(encoding="utf-8")[:100], encoding="utf-8")  # truncated
-    assert main(["--resume", "--run_dir", str(run_dir), "--max_steps", "3"]) != 0
+    with pytest.raises(SystemExit) as refused:
+        main(["--resume", "--run_dir", str(run_dir), "--max_steps", "3"])
+    assert refused.value.code == 2
     assert one_error_line(capsys).startswith(f"error: {vocab} is not a valid vocab.json: JSONDecodeError")
 
 

@@ -59,7 +59,7 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def train_tokenizer(corpus: Path, out: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    return run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", EOT, "--out", str(out), *extra, **kwargs)
+    return run("-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "280", "--special", EOT, "--out", str(out), *extra, **kwargs)
 
 
 def tokenize(corpus: Path, tokenizer: Path, out: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
@@ -103,7 +103,7 @@ def tokenizer_dir(corpus: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("pause_at", ["after:vocab.json", "after:merges.txt"])
 def test_train_tokenizer_killed_while_saving_leaves_no_folder_and_a_rerun_needs_no_force(corpus, tmp_path, pause_at):
     out = tmp_path / "tok"
-    killed_at("train", pause_at, str(corpus), "--vocab-size", "280", "--special", EOT, "--out", str(out))
+    killed_at("train", pause_at, str(corpus), "--model.vocab_size", "280", "--special", EOT, "--out", str(out))
     assert not out.exists()  # nothing for tokenize to take for a tokenizer (it would lack its special tokens)
     assert "does not exist" in one_line_error(tokenize(corpus, out, tmp_path / "ids.npy"))
 
@@ -115,7 +115,7 @@ def test_train_tokenizer_killed_while_saving_leaves_no_folder_and_a_rerun_needs_
 
 def test_train_tokenizer_killed_while_replacing_keeps_the_old_tokenizer(corpus, tokenizer_dir, tmp_path):
     before = {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()}
-    killed_at("train", "after:special_tokens.json", str(corpus), "--vocab-size", "270", "--special", EOT, "--out", str(tokenizer_dir), "--force")
+    killed_at("train", "after:special_tokens.json", str(corpus), "--model.vocab_size", "270", "--special", EOT, "--out", str(tokenizer_dir), "--force")
     assert {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()} == before
     assert train_tokenizer(corpus, tokenizer_dir, "--force").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "tok"]
@@ -128,7 +128,7 @@ def test_tokenize_killed_mid_write_keeps_the_previous_output_and_a_rerun_finishe
     assert tokenize(corpus, tokenizer_dir, out).returncode == 0  # no --force: nothing of anyone's was there
 
     other = tmp_path / "other"
-    assert train_tokenizer(corpus, other, "--vocab-size", "270").returncode == 0
+    assert train_tokenizer(corpus, other, "--model.vocab_size", "270").returncode == 0
     before = out.read_bytes(), (tmp_path / "ids.npy.meta.json").read_bytes()
     killed_at("encode", "mid-ids", str(corpus), "--tokenizer", str(other), "--out", str(out), "--workers", "1")
     assert (out.read_bytes(), (tmp_path / "ids.npy.meta.json").read_bytes()) == before  # the last good pair
@@ -143,7 +143,7 @@ def test_kills_at_random_moments_never_leave_a_partial_output(corpus, tmp_path):
     out, ids = tmp_path / "tok", tmp_path / "ids.npy"
     rng = random.Random(0)
     for attempt in range(12):
-        command = (["-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "400", "--special", EOT, "--out", str(out), "--force"]
+        command = (["-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "400", "--special", EOT, "--out", str(out), "--force"]
                    if attempt % 2 == 0 or not out.exists() else
                    ["-m", "pipelines.tokenizer.encode", str(corpus), "--tokenizer", str(out), "--out", str(ids), "--force"])
         child = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -183,14 +183,14 @@ def test_duplicate_empty_or_single_byte_special_tokens_and_a_tiny_vocabulary_are
     out = tmp_path / "tok"
     result = train_tokenizer(corpus, out, "--special", EOT)  # the fixture's EOT, given twice
     assert one_line_error(result) == f"error: --special '{EOT}' is given twice; give each special token once"
-    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", "a", "--special", "a", "--out", str(out))
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "280", "--special", "a", "--special", "a", "--out", str(out))
     assert "'a' is given twice" in one_line_error(result)
-    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", "a", "--out", str(out))
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "280", "--special", "a", "--out", str(out))
     assert "'a' is a single byte" in one_line_error(result)
-    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "280", "--special", "", "--out", str(out))
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "280", "--special", "", "--out", str(out))
     assert "a special token cannot be empty" in one_line_error(result)
-    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--vocab-size", "256", "--special", EOT, "--out", str(out))
-    assert "--vocab-size: vocab_size 256 is too small" in one_line_error(result)
+    result = run("-m", "pipelines.tokenizer.train", str(corpus), "--model.vocab_size", "256", "--special", EOT, "--out", str(out))
+    assert "--model.vocab_size 256: the 256 bytes and 1 special token(s) need at least 257" in one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
