@@ -173,6 +173,7 @@ def test_a_two_process_sharded_run_checkpoints_once_and_one_process_resumes_it_o
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_stops_the_others_with_a_clear_error(token_dir, tmp_path):
     run_dir = tmp_path / "run"
     launcher = subprocess.Popen(torchrun_command(token_dir, run_dir, "--max_steps", "1000000", "--log_every", "1"),
@@ -202,6 +203,7 @@ def _worker_pid(launcher: int, rank: int) -> int:
     raise AssertionError(f"no trainer process with RANK={rank}")
 
 
+@pytest.mark.slow
 def test_sigint_to_torchrun_stops_every_process_at_one_step_with_one_checkpoint(token_dir, tmp_path):
     run_dir = tmp_path / "run"
     launcher = subprocess.Popen(torchrun_command(token_dir, run_dir, "--max_steps", "1000000", "--log_every", "1",

@@ -1,5 +1,7 @@
 """The tokenizer report on the shared corpora: trained once into its cache, then reused."""
 
+import pytest
+
 from conftest import shared_path
 from pipelines.experiments.tokenizer_report import documents, report
 
@@ -9,6 +11,7 @@ def test_documents_split_on_end_of_text_or_blank_lines():
     assert documents("web page one\n\npage two\n\n") == ["web page one", "page two"]
 
 
+@pytest.mark.slow
 def test_report_on_the_shared_samples(tmp_path):
     data = shared_path("data/tinystories_train.txt").parent
     shared_path("data/owt_sample.txt")
