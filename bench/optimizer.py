@@ -21,7 +21,7 @@ import ctypes
 import torch
 
 from bench.common import add_model_arguments, model_config, print_table, time_interleaved
-from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices
+from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices, foreach
 from core.tree import tree_leaves, tree_map
 from params.init import init_params
 
@@ -55,7 +55,7 @@ def donated_update(params, grads, lr: float):
     carry = {"state": optimizer.init(params), "buffer": tree_map(torch.empty_like, grads)}
 
     def step() -> None:
-        torch._foreach_copy_(tree_leaves(carry["buffer"]), tree_leaves(grads))
+        foreach.copy_(tree_leaves(carry["buffer"]), tree_leaves(grads))
         updates, carry["state"] = optimizer.update(carry["buffer"], carry["state"], params, donate=True)
         apply_updates(params, updates, donate=True)
 

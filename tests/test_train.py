@@ -22,9 +22,8 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves_by_path
 from params.init import init_params
 from params.tree import flatten
-from pipelines.training.data.batches import download
-from pipelines.training.run.run import run as run_module
-from pipelines.training.run.run import start as start_module
+from pipelines.training.data import download
+from pipelines.training.run import run as run_module, start as start_module
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.cli import main
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config, with_overrides
@@ -251,8 +250,8 @@ def test_presets_and_overrides_resolve_to_typed_settings(tmp_path):
                          "model.tie_embeddings": True, "schedule.decay_steps": None}
     config = resolve_config("tinystories", "cpu-small", overrides)
     assert config.model.d_model == 256 and config.model.norm == "post" and config.model.tie_embeddings
-    assert config.decay_steps == config.max_steps
-    assert config.final_lr == pytest.approx(3e-4)  # final_lr defaults to lr / 10
+    assert config.resolved_decay_steps == config.max_steps
+    assert config.resolved_final_lr == pytest.approx(3e-4)  # final_lr defaults to lr / 10
     assert config.data.train_mb == 16  # cpu-small fetches only a prefix of the training text
 
     saved = tmp_path / "config.json"

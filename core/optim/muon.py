@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from core.optim import foreach
 from core.optim.base import GradientTransformation, chain, leaves_like
 from core.optim.learning_rate import Schedule, scale_by_learning_rate
 from core.optim.weight_decay import Mask, add_decayed_weights
@@ -113,17 +114,16 @@ def _momentum(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """(m_t, d_t) from g and m_{t-1}; with donate, m_{t-1}'s tensors become m_t and g's become d_t."""
     if donate:
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_add_(buffers, grads)
+        foreach.mul_(buffers, momentum)
     else:
-        buffers = list(torch._foreach_mul(buffers, momentum))
-        torch._foreach_add_(buffers, grads)  # buffers are ours: just made
+        buffers = foreach.mul(buffers, momentum)
+    foreach.add_(buffers, grads)  # buffers are ours: donated, or just made
     if not nesterov:
         return buffers, buffers
     if donate:
-        torch._foreach_add_(grads, buffers, alpha=momentum)
+        foreach.add_(grads, buffers, momentum)
         return buffers, grads
-    return buffers, list(torch._foreach_add(grads, buffers, alpha=momentum))
+    return buffers, foreach.add(grads, buffers, momentum)
 
 
 def _orthogonalise(directions: list[Tensor], steps: int, eps: float, dtype: torch.dtype | None) -> list[Tensor]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config
 from pipelines.training.hardware.device import select_device
+from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.distributed.processes import launched_by_torchrun
 from pipelines.training.run.loop import run_training
 from pipelines.training.config.presets import preset_for_device
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.nproc and args.nproc > 1 and not launched_by_torchrun():
         _run_under_torchrun(args.nproc, argv)  # does not return
+    keep_freed_memory()  # the step's buffers stay in the process: no page faults for them on every step
     try:
         run_dir, status = run_training(config, resume=args.resume)
     except (OSError, ValueError, ImportError) as error:  # missing data, occupied run dir, bad tokens...
