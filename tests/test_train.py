@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.accounting import training_step_flops
+from core.errors import UsageError
 from core.model import forward
 from core.optim import adamw, chain, clip_by_global_norm
 from core.train_state import TrainState, init_train_state
@@ -103,11 +104,11 @@ def test_stop_and_resume_gives_bit_identical_parameters(token_dir, tmp_path):
 def test_resume_refuses_a_different_model_and_a_fresh_run_refuses_an_occupied_directory(token_dir, tmp_path):
     config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 5})
     train(config)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UsageError, match="--resume"):
         train(config)
     with pytest.raises(ValueError, match=r"differs from the checkpoint .* \['d_model'\]"):
         train(with_overrides(config, {"model.d_model": 64}), resume=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(UsageError, match="no checkpoint"):
         train(with_overrides(config, {"run_dir": str(tmp_path / "empty")}), resume=True)
 
 
