@@ -16,7 +16,6 @@ thresholds (mallopt) so that none occur, to measure what they cost.
 """
 
 import argparse
-import ctypes
 
 import torch
 
@@ -24,15 +23,9 @@ from bench.common import add_model_arguments, model_config, print_table, time_in
 from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices, foreach
 from core.tree import tree_leaves, tree_map
 from params.init import init_params
+from pipelines.training.hardware.malloc import keep_freed_memory
 
 HPARAMS = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from returning freed memory to the system (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: the largest glibc allows (32 MiB)
 
 
 def pure_update(params, grads, lr: float):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from pipelines.training import cli
-from pipelines.training.data.batches import download as dl
+from pipelines.training.data import download as dl
 from pipelines.training.data.prepare import find_split
 from pipelines.training.config.presets import PRESETS
 

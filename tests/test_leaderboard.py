@@ -22,7 +22,7 @@ from params.init import init_params
 from pipelines.experiments import accounting, experiment_log
 from pipelines.experiments.split_text import split_text
 from pipelines.training import cli
-from pipelines.training.data.batches import download as dl
+from pipelines.training.data import download as dl
 from pipelines.training.config.config import resolve_config
 from pipelines.training.config.optimizer import make_schedule
 from pipelines.training.data.prepare import find_split

@@ -102,6 +102,6 @@ def test_a_variant_that_diverges_names_one_step_everywhere(data_dir, tmp_path):
     fixed = TINY | {"data.path": str(data_dir), "optim.max_grad_norm": 1e30, "schedule.warmup_steps": 0, "sample.count": 0}
     configs = [resolve_config("tinystories", "cpu-small", fixed | {"run_dir": str(tmp_path / name), "schedule.lr": lr})
                for name, lr in (("ok", 1e-3), ("boom", 1e6))]
-    assert train_variants(configs) == ["completed", "diverged"]
+    assert train_variants(configs) == [(tmp_path / "ok", "completed"), (tmp_path / "boom", "diverged")]
     summary = orjson.loads((tmp_path / "boom" / "summary.json").read_bytes())
     assert named_step(summary["message"]) == summary["step"] == read_metrics(tmp_path / "boom")[-1]["step"]

@@ -32,8 +32,7 @@ def train_stacked(configs: dict[str, TrainConfig], threads: int | None = None) -
     groups = stackable_groups(configs)
     alone = [names[0] for names in groups if len(names) == 1]
     if alone:
-        print(f"--vmap: {_why_alone(configs, alone)}; training {'the variants' if len(alone) == len(configs) else ', '.join(alone)} "
-              "one by one", file=sys.stderr)
+        print(f"--vmap: {_why_alone(configs, alone)} one by one", file=sys.stderr)
     trained: list[str] = []
     if threads and len(alone) < len(configs):
         torch.set_num_threads(threads)
@@ -43,7 +42,8 @@ def train_stacked(configs: dict[str, TrainConfig], threads: int | None = None) -
         print(f"{', '.join(names)}: training as one group of {len(names)}", file=sys.stderr)
         trained += names
         try:
-            statuses = train_variants([configs[name] for name in names], resume=checkpoint_path(configs[names[0]].run_dir).exists())
+            resume = checkpoint_path(configs[names[0]].run_dir).exists()
+            statuses = [status for _, status in train_variants([configs[name] for name in names], resume=resume)]
         except (UsageError, OSError) as error:  # busy directory, bad data or checkpoint: this group only
             statuses = [f"failed ({error})"] * len(names)
         for name, status in zip(names, statuses, strict=True):
@@ -70,8 +70,10 @@ def stackable_groups(configs: dict[str, TrainConfig]) -> list[list[str]]:
 def _why_alone(configs: dict[str, TrainConfig], alone: list[str]) -> str:
     everyone = why_not_stackable(list(configs.values()))
     if len(alone) == len(configs) and everyone is not None:
-        return everyone
-    return f"{', '.join(alone)} stack with no other variant (different settings of the shared loop, or resumed from another step)"
+        return f"{everyone}; training the variants"
+    one = len(alone) == 1
+    return (f"{', '.join(alone)} stack{'s' if one else ''} with no other variant (a different setting of the shared loop, "
+            f"or a checkpoint at another step); training {'it' if one else 'them'}")
 
 
 def _resume_step(config: TrainConfig) -> int:

@@ -55,18 +55,19 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> tuple[Path, st
     """`train`, also returning how the run ended (completed / interrupted / diverged / failed), the
     same on every process."""
     try:
-        return Path(config.run_dir), train_variants([config], resume=resume)[0]
+        return train_variants([config], resume=resume)[0]
     finally:
         stop_processes()
 
 
-def train_variants(configs: Sequence[TrainConfig], *, resume: bool = False) -> list[str]:
+def train_variants(configs: Sequence[TrainConfig], *, resume: bool = False) -> list[tuple[Path, str]]:
     """Train `configs` (one run, or K variants that differ only in per-variant settings:
     pipelines/training/config/optimizer.py) together, or with `resume` continue them from their
-    checkpoints, all at one step; their statuses. Resuming runs already complete does nothing."""
+    checkpoints, all at one step; each one's run directory and status. Resuming runs already
+    complete does nothing."""
     started = start(configs, resume=resume)
     if started is None:
-        return ["completed"] * len(configs)
+        return [(Path(config.run_dir), "completed") for config in configs]
     run, state = started
     try:
         with stop_on_signals() as stop, contextlib.ExitStack() as logs:
@@ -81,7 +82,7 @@ def train_variants(configs: Sequence[TrainConfig], *, resume: bool = False) -> l
                    peak_flops=run.peak_flops, named=run.stacked)
     finally:
         run.release()
-    return [one.outcome.status for one in progress]
+    return [(run.run_dir(k), one.outcome.status) for k, one in enumerate(progress)]
 
 
 def train_loop(run: Run, state: TrainState, stop: StopFlag) -> tuple[TrainState, list[Progress]]:
