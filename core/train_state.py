@@ -32,11 +32,6 @@ class TrainState:
     elapsed: float = 0.0  # seconds of training so far, across resumes
     active: Bool[Tensor, " variants"] | None = None  # stacked only: False once a variant stopped (its state frozen)
 
-    @property
-    def variants(self) -> int | None:
-        """K for stacked variants, None for one model."""
-        return None if self.active is None else len(self.active)
-
     def replace(self, **changes: Any) -> "TrainState":
         return replace(self, **changes)
 
