@@ -68,7 +68,7 @@ def start(configs: Sequence[TrainConfig], *, resume: bool) -> tuple[Run, TrainSt
     checked = _on_main_first(processes, lambda: _open_data(configs, saved, main=True))
     # The others open what the main process checked (and cached), while it takes the run directory.
     data, wandb = checked if processes.main else _open_data(configs, saved, main=False)
-    locks = _on_main_first(processes, lambda: tuple(take_run_dir(config) for config in configs))
+    locks = _on_main_first(processes, lambda: _take_run_dirs(configs))
     try:
         data = with_run_tokenizer(data, Path(configs[0].run_dir), configs[0].model.vocab_size)
         for config in configs[1:]:
@@ -154,6 +154,19 @@ def take_run_dir(config: TrainConfig) -> RunLock:
     remove_stale_temporaries(run_dir)  # debris of a killed writer; the lock says none is alive
     write_atomic(run_dir / CONFIG_FILE, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
     return lock
+
+
+def _take_run_dirs(configs: tuple[TrainConfig, ...]) -> tuple[RunLock, ...]:
+    """`take_run_dir` of each run, or of none: the locks taken are released if one fails."""
+    locks: list[RunLock] = []
+    try:
+        for config in configs:
+            locks.append(take_run_dir(config))
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return tuple(locks)
 
 
 def _read_checkpoint(run_dir: Path, config: TrainConfig) -> dict:
