@@ -15,27 +15,20 @@ place. glibc hands large freed blocks back to the system, so fresh buffers cost 
 thresholds (mallopt) so that none occur, to measure what they cost.
 """
 
-import ctypes
 import sys
 from collections.abc import Sequence
 
 import torch
 
 from bench.common import add_model_arguments, bench_parser, model_config, print_table, time_interleaved
-from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices
+from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices, foreach
 from core.tree import tree_leaves, tree_map
 from params.init import init_params
 from pipelines.command import command
 from pipelines.flags import CommandParser, integer
+from pipelines.training.hardware.malloc import keep_freed_memory
 
 HPARAMS = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from returning freed memory to the system (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: the largest glibc allows (32 MiB)
 
 
 def pure_update(params, grads, lr: float):
@@ -58,7 +51,7 @@ def donated_update(params, grads, lr: float):
     carry = {"state": optimizer.init(params), "buffer": tree_map(torch.empty_like, grads)}
 
     def step() -> None:
-        torch._foreach_copy_(tree_leaves(carry["buffer"]), tree_leaves(grads))
+        foreach.copy_(tree_leaves(carry["buffer"]), tree_leaves(grads))
         updates, carry["state"] = optimizer.update(carry["buffer"], carry["state"], params, donate=True)
         apply_updates(params, updates, donate=True)
 

@@ -5,7 +5,8 @@ The same work in three arrangements: 8 runs (run k from seed k, at learning rate
 taking --steps steps on its own batches, drawn as the trainers draw them (get_batch from a token
 array with the run's step generator):
 
-    vectorised (vmap)          one process: the stacked step (core/stacked_train_step.py)
+    vectorised (vmap)          one process: the trainer's step over K stacked models
+                               (core/train_step.py, variants=K)
     sequential, one process    one process: the trainer's donated step, run after run
     2 jobs x 1 thread          two processes side by side, one thread each, 4 runs each, one after
                                another: what `just sweep --jobs 2` runs on two cores
@@ -38,14 +39,8 @@ import torch
 from bench.common import BETAS, EPS, MAX_NORM, MODEL_FLAGS, WEIGHT_DECAY, add_model_arguments, bench_parser, print_table
 from core.config import ModelConfig
 from core.optim import adamw, chain, clip_by_global_norm, decay_matrices
-from core.optim.stacked import as_variant_values
-from core.optim.stacked_adamw import stacked_adamw
-from core.optim.stacked_clip import stacked_clip_by_global_norm
-from core.schedule import warmup_cosine
-from core.stack import stack_trees
-from core.stacked_schedule import stack_schedules
-from core.stacked_train_state import StackedTrainState
-from core.stacked_train_step import make_stacked_train_step
+from core.schedule import stack_schedules, warmup_cosine
+from core.stack import stack_trees, variant_values
 from core.train_state import init_train_state
 from core.train_step import make_train_step
 from params.init import init_params
@@ -53,11 +48,10 @@ from pipelines.command import command
 from pipelines.flags import CommandParser, integer
 from pipelines.training.data.batches import get_batch, step_generator
 from pipelines.training.hardware.malloc import keep_freed_memory
+from pipelines.training.run.start import VMAP_FALLBACK_WARNING
 
 VARIANTS, WARMUP, DECAY = 8, 10, 1000
 VECTORISED, SEQUENTIAL, JOBS = "vectorised (vmap), 1 process", "sequential, 1 process", "sequential, 2 jobs x 1 thread"
-# vmap runs the CPU's fused attention once per variant (no batching rule) and torch says so.
-warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
 
 
 def learning_rate(index: int) -> float:
@@ -94,21 +88,20 @@ class Vectorised:
     def __init__(self, config: ModelConfig, data: np.ndarray, batch: int, device: torch.device) -> None:
         self.config, self.data, self.batch, self.device = config, data, batch, device
         lrs = [learning_rate(k) for k in range(VARIANTS)]
-        values = lambda value: as_variant_values(value, VARIANTS)  # noqa: E731
+        values = lambda value: variant_values(value, VARIANTS)  # noqa: E731
         schedule = stack_schedules([warmup_cosine(lr, lr / 10, WARMUP, DECAY) for lr in lrs])
-        adam = stacked_adamw(schedule, values(BETAS[0]), values(BETAS[1]), values(EPS), values(WEIGHT_DECAY), decay_matrices)
-        optimizer = chain(stacked_clip_by_global_norm(values(MAX_NORM)), adam)
+        adam = adamw(schedule, values(BETAS[0]), values(BETAS[1]), values(EPS), values(WEIGHT_DECAY), decay_matrices)
+        optimizer = chain(clip_by_global_norm(values(MAX_NORM)), adam)
         params = stack_trees([init_params(config, torch.Generator().manual_seed(k), device=device) for k in range(VARIANTS)])
-        active = torch.ones(VARIANTS, dtype=torch.bool, device=device)
-        self.state = StackedTrainState(params, optimizer.init(params), active, 0, tuple(range(VARIANTS)), 0.0)
-        self.step = make_stacked_train_step(config, optimizer)
+        self.state = init_train_state(params, optimizer, rng=range(VARIANTS))
+        self.step = make_train_step(config, optimizer, donate=True, variants=VARIANTS)
         self.train(1)  # warm-up, untimed
 
     def train(self, steps: int) -> None:
         for _ in range(steps):
             batches = [
                 get_batch(self.data, self.batch, self.config.context_length, self.device, step_generator(rng, self.state.step))
-                for rng in self.state.rngs
+                for rng in self.state.rng
             ]
             stacked = torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
             self.state, _ = self.step(self.state, stacked)
@@ -194,6 +187,7 @@ def parser() -> CommandParser:
 @command
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=VMAP_FALLBACK_WARNING)  # this process's: the bench's entry point
     kept = not args.malloc_default and keep_freed_memory()
     if args.worker:
         worker(args)

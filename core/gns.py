@@ -25,13 +25,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from core.optim import foreach
+
 # Per step: the averages span about 1/(1 − β) = 100 steps (gpt-neox's default).
 BETA = 0.99
 
 
 def squared_norm(leaves: list[Tensor]) -> Float[Tensor, ""]:
     """|g|² over all leaves together, as a tensor on their device (no host sync)."""
-    return torch.stack(torch._foreach_norm(leaves)).square().sum()
+    return torch.stack(foreach.norms(leaves)).square().sum()
 
 
 def two_batch_estimates(

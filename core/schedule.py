@@ -1,9 +1,14 @@
 """Learning-rate schedules, each a function of the step: linear warm-up, cosine annealing, then a
-constant floor (LLaMA; the default); or linear warm-up, a constant rate, then a linear decay (WSD)."""
+constant floor (LLaMA; the default); or linear warm-up, a constant rate, then a linear decay (WSD).
+K variants' schedules run as one with `stack_schedules`."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 
 def cosine_schedule(step: int, lr: float, final_lr: float, warmup_steps: int, decay_steps: int) -> float:
@@ -62,3 +67,17 @@ def warmup_stable_decay(lr: float, final_lr: float, warmup_steps: int, decay_sta
             f"got {warmup_steps}, {decay_start}, {decay_steps}"
         )
     return partial(wsd_schedule, lr=lr, final_lr=final_lr, warmup_steps=warmup_steps, decay_start=decay_start, decay_steps=decay_steps)
+
+
+def stack_schedules(schedules: Sequence[Callable[[int], float]]) -> Callable[[int], Float[Tensor, " variants"]]:
+    """K schedules as one, for K variants trained together: step -> (K,) float64 rates, entry k
+    being schedules[k](step), computed in Python floats as a run alone computes it (the same to
+    the bit); `scale_by_learning_rate` gives each variant its own."""
+    schedules = tuple(schedules)
+    if not schedules:
+        raise ValueError("stack_schedules: needs one schedule per variant")
+
+    def schedule(step: int) -> Tensor:
+        return torch.tensor([one(step) for one in schedules], dtype=torch.float64)
+
+    return schedule

@@ -19,20 +19,31 @@ when the gradients come from autograd (a hook per leaf), after it otherwise.
 
 With `gns=True` the step also measures what the gradient noise scale needs (core/gns.py): the
 mean squared norm of this process's micro-batch gradients, beside the norm of their average.
+
+K variants at once (`variants=K`, a vectorised sweep): the state holds K stacked models
+(core/train_state.py) and the batch is (K, batch, seq), variant k training on its own rows.
+`torch.func.vmap` turns the pure loss of one model into the loss of K, so every matmul becomes one
+batched matmul over the variants, and the optimizer is the ordinary one given (K,) hyperparameters
+(core/optim/foreach.py). Metrics are per variant. A variant whose loss or gradient norm is not
+finite, or that is no longer `state.active`, is masked out for good: its parameters and optimizer
+state stay exactly as they were (its slices are set back after the update; the shared Python step
+counts still advance), while the others go on unchanged (vmap and the per-variant optimizer
+compute each variant apart: a NaN in one slice stays in that slice).
 """
 
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from core.config import ModelConfig
 from core.gns import squared_norm
 from core.model import KERNELS, forward
-from core.optim import GradientTransformation, apply_updates, global_norm
+from core.optim import GradientTransformation, apply_updates, foreach, global_norm
 from core.train_state import TrainState
 from core.tree import Tree, tree_flatten, tree_unflatten
 
@@ -41,8 +52,9 @@ from core.tree import Tree, tree_flatten, tree_unflatten
 GradMode = Literal["func", "autograd"]
 # e.g. ("cuda", torch.bfloat16): matmuls in bf16, parameters and optimizer state stay float32.
 Autocast = tuple[str, torch.dtype] | None
-Batch = tuple[Tensor, Tensor]
-Metrics = dict[str, Tensor | bool]
+Batch = tuple[Tensor, Tensor]  # (batch, seq) inputs and targets; with variants, (K, batch, seq)
+Metrics = dict[str, Tensor | bool]  # with variants, (K,) tensors
+Loss = Callable[[Tree, Tensor, Tensor], Tensor]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 GradHook = Callable[[int, Tensor], None]  # (leaf index, that leaf's gradient) during backward
 
@@ -69,6 +81,16 @@ def loss_fn(
     with _autocast(autocast):
         logits = forward(params, x, config)
     return KERNELS[config.kernels].cross_entropy(logits, y)
+
+
+def make_loss(config: ModelConfig, autocast: Autocast = None, *, variants: bool = False, shared_batch: bool = False) -> Loss:
+    """(params, x, y) -> the loss, for evaluation; with `variants`, (stacked params, x, y) -> (K,)
+    losses, each variant on its own batch (K, batch, seq), or with `shared_batch` all on one
+    (batch, seq), e.g. the validation windows."""
+    loss = partial(loss_fn, config=config, autocast=autocast)
+    if not variants:
+        return loss
+    return torch.func.vmap(loss, in_dims=(0, None, None) if shared_batch else 0)
 
 
 def make_grad_and_value(
@@ -114,6 +136,7 @@ def make_train_step(
     accumulate: int = 1,
     sync: GradSync | None = None,
     gns: bool = False,
+    variants: int | None = None,
 ) -> TrainStep:
     """The step function of `optimizer` (e.g. chain(clip_by_global_norm(1.0), adamw(schedule)))
     on the model `config`. Its metrics are the loss and the gradient norm before clipping, as
@@ -126,24 +149,53 @@ def make_train_step(
     with `applied` False. With a `sync`, loss and gradients are the means over all processes, so
     every process takes the same decision.
 
+    With `variants=K`, K stacked models step at once (module docstring): the metrics are (K,)
+    tensors, `applied` among them, and the step reads one flag per step, whether every variant
+    stepped. Clipping must then be per variant (a (K,) max_norm), or one variant's NaN would reach
+    the others through the global norm. One process, one micro-batch, no `gns`.
+
     `compile` with one process, one micro-batch and no `gns` compiles the whole step (loss,
     torch.func gradients, optimizer: bench/train.py measures it the fastest compiled variant) with
     `make_compiled_step`; otherwise it compiles the loss and its gradients."""
-    if compile and sync is None and accumulate == 1 and not gns:
+    if variants is not None and (sync is not None or accumulate != 1 or gns):
+        raise ValueError("make_train_step: variants train on one process with one micro-batch and no gns")
+    if compile and sync is None and accumulate == 1 and not gns and variants is None:
         return make_compiled_step(config, optimizer, autocast)
-    grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync, gns)
+    grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync, gns, variants)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         grads, loss, micro_grad_sq = grads_and_loss(state.params, batch)
-        grad_norm = global_norm(grads)  # before the optimizer: a donated update overwrites grads
+        grad_norm = global_norm(grads, per_variant=variants is not None)  # before a donated update overwrites grads
         measured = {"loss": loss, "grad_norm": grad_norm} | ({"micro_grad_sq": micro_grad_sq} if gns else {})
-        if donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        if variants is not None:
+            applied = state.active & torch.isfinite(loss) & torch.isfinite(grad_norm)
+            frozen = None if bool(applied.all()) else _slices(~applied, (state.params, state.opt_state))
+        elif donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             return state, {**measured, "applied": False}
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, donate=donate)
         params = apply_updates(state.params, updates, donate=donate)
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), {**measured, "applied": True}
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        if variants is None:
+            return new_state, {**measured, "applied": True}
+        if frozen is not None:
+            _set_slices(frozen, (params, opt_state))
+        return new_state.replace(active=applied), {**measured, "applied": applied}
 
     return train_step
+
+
+def _slices(masked: Bool[Tensor, " variants"], tree: Tree) -> tuple[Tensor, list[Tensor | None]]:
+    """The masked variants' indices and a copy of their slice of each tensor leaf of `tree`."""
+    indices = masked.nonzero().squeeze(1)
+    return indices, [leaf.index_select(0, indices) if isinstance(leaf, Tensor) else None for leaf in tree_flatten(tree)[0]]
+
+
+def _set_slices(frozen: tuple[Tensor, list[Tensor | None]], tree: Tree) -> None:
+    """Write the slices `_slices` kept back into `tree` (of the same structure), in place."""
+    indices, saved = frozen
+    for leaf, old in zip(tree_flatten(tree)[0], saved, strict=True):
+        if old is not None:
+            leaf.index_copy_(0, indices, old)
 
 
 def make_compiled_step(config: ModelConfig, optimizer: GradientTransformation, autocast: Autocast = None) -> TrainStep:
@@ -180,13 +232,20 @@ def make_grads_and_loss(
     accumulate: int = 1,
     sync: GradSync | None = None,
     gns: bool = False,
+    variants: int | None = None,
 ) -> Callable[[Tree, Batch], tuple[Tree, Tensor, Tensor | None]]:
     """(params, batch) -> (mean gradients, mean loss, micro_grad_sq) over the batch's `accumulate`
     micro-batches and, with a `sync`, over every process. micro_grad_sq, with `gns` (else None),
-    is the mean of the micro-batch gradients' squared norms on this process, before any sync."""
+    is the mean of the micro-batch gradients' squared norms on this process, before any sync.
+    With `variants`, stacked params and batches give stacked gradients and (K,) losses (vmap over
+    torch.func's gradients; `compile` wraps torch.compile around the vmap, as torch.func needs)."""
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
-    grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
+    if variants is None:
+        grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
+    else:
+        grad_and_value = torch.func.vmap(torch.func.grad_and_value(make_loss(config, autocast)))
+        grad_and_value = torch.compile(grad_and_value) if compile else grad_and_value
     hooks = sync is not None and grad_mode == "autograd"  # torch.func never calls tensor hooks
 
     def grads_and_loss(params: Tree, batch: Batch) -> tuple[Tree, Tensor, Tensor | None]:
@@ -203,12 +262,12 @@ def make_grads_and_loss(
             leaves, spec = tree_flatten(grads)
             if micro_grad_sq is not None:
                 micro_grad_sq = micro_grad_sq + squared_norm(leaves) / accumulate
-            total = leaves if total is None else torch._foreach_add(total, leaves)
+            total = leaves if total is None else foreach.add(total, leaves)
             loss = loss + micro_loss
         if sync is not None:
             total, loss = sync.finish(total, loss, accumulate)
         elif accumulate > 1:
-            total, loss = torch._foreach_div(total, accumulate), loss / accumulate
+            total, loss = foreach.div(total, accumulate), loss / accumulate
         return tree_unflatten(list(total), spec), loss, micro_grad_sq
 
     return grads_and_loss

@@ -6,7 +6,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from core.optim import clip_scale, global_norm
+from core.optim import clip_scale, foreach, global_norm
 
 
 @torch.no_grad()
@@ -19,5 +19,5 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, eps:
     if not grads:
         return torch.zeros(())
     norm = global_norm(grads)
-    torch._foreach_mul_(grads, clip_scale(norm, max_norm, eps))
+    foreach.mul_(grads, clip_scale(norm, max_norm, eps))
     return norm

@@ -26,6 +26,7 @@ from core.optim import (
     ScaleByAdamState,
     ScaleByLearningRateState,
     add_decayed_weights,
+    foreach,
     scale_by_adam,
     scale_by_learning_rate,
 )
@@ -80,7 +81,7 @@ class AdamW(torch.optim.Optimizer):
         updates, state = adam.update([p.grad for p in ps], state)
         updates, _ = decay.update(updates, EmptyState(), ps)
         updates, _ = lr.update(updates, ScaleByLearningRateState(0))
-        torch._foreach_add_(ps, updates)
+        foreach.add_(ps, updates)
         for p, m, v in zip(ps, state.mu, state.nu, strict=True):
             self.state[p].update(step=state.count, exp_avg=m, exp_avg_sq=v)
 

@@ -82,7 +82,7 @@ def test_schedule_kind_picks_the_shape_and_the_default_is_unchanged():
     assert cosine.schedule.kind == "cosine"
     s = cosine.schedule
     assert [make_schedule(cosine)(t) for t in range(0, 700, 7)] == [
-        cosine_schedule(t, s.lr, cosine.final_lr, s.warmup_steps, cosine.decay_steps) for t in range(0, 700, 7)
+        cosine_schedule(t, s.lr, cosine.resolved_final_lr, s.warmup_steps, cosine.resolved_decay_steps) for t in range(0, 700, 7)
     ]
     wsd = resolve_config("tinystories", "cpu-small", {"schedule.kind": "wsd", "schedule.decay_fraction": 0.25,
                                                        "schedule.warmup_steps": 100, "max_steps": 500, "schedule.final_lr": 0.0})

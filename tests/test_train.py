@@ -102,11 +102,11 @@ def test_stop_and_resume_gives_bit_identical_parameters(token_dir, tmp_path):
 def test_resume_refuses_a_different_model_and_a_fresh_run_refuses_an_occupied_directory(token_dir, tmp_path):
     config = tiny_config(token_dir, tmp_path / "run", {"max_steps": 5})
     train(config)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UsageError, match="--resume"):
         train(config)
     with pytest.raises(ValueError, match=r"differs from the checkpoint .* \['d_model'\]"):
         train(with_overrides(config, {"model.d_model": 64}), resume=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(UsageError, match="no checkpoint"):
         train(with_overrides(config, {"run_dir": str(tmp_path / "empty")}), resume=True)
 
 
@@ -247,8 +247,8 @@ def test_presets_and_overrides_resolve_to_typed_settings(tmp_path):
                          "model.tie_embeddings": True, "schedule.decay_steps": None}
     config = resolve_config("tinystories", "cpu-small", overrides)
     assert config.model.d_model == 256 and config.model.norm == "post" and config.model.tie_embeddings
-    assert config.decay_steps == config.max_steps
-    assert config.final_lr == pytest.approx(3e-4)  # final_lr defaults to lr / 10
+    assert config.resolved_decay_steps == config.max_steps
+    assert config.resolved_final_lr == pytest.approx(3e-4)  # final_lr defaults to lr / 10
     assert config.data.train_mb == 16  # cpu-small fetches only a prefix of the training text
 
     saved = tmp_path / "config.json"

@@ -20,12 +20,8 @@ import torch
 
 from core.config import ModelConfig
 from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices
-from core.optim.stacked import as_variant_values
-from core.optim.stacked_adamw import stacked_adamw
-from core.optim.stacked_clip import stacked_clip_by_global_norm
-from core.schedule import warmup_cosine, warmup_stable_decay
-from core.stack import stack_trees, unstack_tree
-from core.stacked_schedule import stack_schedules
+from core.schedule import stack_schedules, warmup_cosine, warmup_stable_decay
+from core.stack import stack_trees, unstack_tree, variant_values
 from core.tokenizer import Tokenizer
 from core.tree import tree_leaves, tree_leaves_by_path, tree_map
 from params.init import init_params
@@ -36,9 +32,8 @@ from pipelines.tokenizer.store import save_tokenizer
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.run.loop import train
 from pipelines.training.storage.metrics import read_metrics
-from pipelines.training.config.optimizer import make_optimizer
+from pipelines.training.config.optimizer import make_optimizer, why_not_stackable
 from pipelines.training.storage.run_dir import FINAL, checkpoint_path
-from pipelines.training.config.stackable import why_not_stackable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,9 +84,9 @@ def test_stacked_optimizer_equals_each_sequential_optimizer():
         chain(clip_by_global_norm(clip[k]), adamw(warmup_cosine(lr[k], lr[k] / 10, warmup[k], steps[k]), b1[k], b2[k], eps[k], decay[k], decay_matrices))
         for k in range(3)
     ]
-    values = as_variant_values
+    values = variant_values
     schedule = stack_schedules([warmup_cosine(lr[k], lr[k] / 10, warmup[k], steps[k]) for k in range(3)])
-    stacked = chain(stacked_clip_by_global_norm(values(clip)), stacked_adamw(schedule, values(b1), values(b2), values(eps), values(decay), decay_matrices))
+    stacked = chain(clip_by_global_norm(values(clip)), adamw(schedule, values(b1), values(b2), values(eps), values(decay), decay_matrices))
     params = [init_params(config, torch.Generator().manual_seed(k)) for k in range(3)]
     states = [opt.init(p) for opt, p in zip(sequential, params)]
     group_params, generator = stack_trees(params), torch.Generator().manual_seed(5)

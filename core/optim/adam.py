@@ -16,7 +16,9 @@ from typing import NamedTuple
 
 import torch
 
-from core.optim.base import GradientTransformation, leaves_like
+from core.optim import foreach
+from core.optim.base import GradientTransformation, hyperparameter, leaves_like
+from core.optim.foreach import Leaves, Scalar
 from core.tree import Tree, tree_flatten, tree_map, tree_unflatten
 
 
@@ -26,11 +28,12 @@ class ScaleByAdamState(NamedTuple):
     nu: Tree  # second moments v
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise ValueError(f"scale_by_adam: b1 and b2 must lie in [0, 1), got {b1!r}, {b2!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"scale_by_adam: eps must be non-negative, got {eps!r}")
+def scale_by_adam(b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> GradientTransformation:
+    """Adam's direction; b1, b2 and eps are numbers, or (K,) tensors for K stacked variants
+    (core/optim/foreach.py). The count is one Python int: stacked variants step together."""
+    b1 = hyperparameter("scale_by_adam", "b1", b1, lambda v: (0.0 <= v) & (v < 1.0), "lie in [0, 1)")
+    b2 = hyperparameter("scale_by_adam", "b2", b2, lambda v: (0.0 <= v) & (v < 1.0), "lie in [0, 1)")
+    eps = hyperparameter("scale_by_adam", "eps", eps, lambda v: v >= 0.0, "be non-negative")
 
     def init(params: Tree) -> ScaleByAdamState:
         return ScaleByAdamState(0, tree_map(torch.zeros_like, params), tree_map(torch.zeros_like, params))
@@ -43,41 +46,37 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         nu = leaves_like(state.nu, spec, "scale_by_adam: state.nu")
         count = state.count + 1
         if grads:
-            adam = adam_leaves_ if donate else adam_leaves
-            mu, nu, grads = adam(grads, mu, nu, count, b1, b2, eps)
+            mu, nu, grads = adam_leaves(grads, mu, nu, count, b1, b2, eps, donate)
         return tree_unflatten(grads, spec), ScaleByAdamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return GradientTransformation(init, update)
 
 
 def adam_leaves(
-    grads: list[torch.Tensor], mu: list[torch.Tensor], nu: list[torch.Tensor], count: int, b1: float, b2: float, eps: float
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """New (mu, nu, u) for update number `count`, one foreach kernel per operation."""
-    mu = list(torch._foreach_lerp(mu, grads, 1.0 - b1))  # b1 m + (1 - b1) g
-    nu = list(torch._foreach_mul(nu, b2))
-    torch._foreach_addcmul_(nu, grads, grads, value=1.0 - b2)  # nu is ours until returned
-    return mu, nu, list(torch._foreach_div(mu, _denominator(nu, count, b1, b2, eps)))
-
-
-def adam_leaves_(
-    grads: list[torch.Tensor], mu: list[torch.Tensor], nu: list[torch.Tensor], count: int, b1: float, b2: float, eps: float
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """`adam_leaves` on donated inputs: mu and nu updated in place, u written over the gradients."""
-    torch._foreach_lerp_(mu, grads, 1.0 - b1)
-    torch._foreach_mul_(nu, b2)
-    torch._foreach_addcmul_(nu, grads, grads, value=1.0 - b2)
-    denom = _denominator(nu, count, b1, b2, eps)  # the one temporary
-    torch._foreach_copy_(grads, mu)
-    torch._foreach_div_(grads, denom)
-    return mu, nu, grads
-
-
-def _denominator(nu: list[torch.Tensor], count: int, b1: float, b2: float, eps: float) -> list[torch.Tensor]:
+    grads: Leaves, mu: Leaves, nu: Leaves, count: int, b1: Scalar, b2: Scalar, eps: Scalar, donate: bool
+) -> tuple[Leaves, Leaves, Leaves]:
+    """New (mu, nu, u) for update number `count`, one foreach kernel per operation. Donated, mu
+    and nu are updated in place and u is written over the gradients, with one temporary (the
+    denominator; per variant, also the scaled gradient of the second moment)."""
+    if donate:
+        foreach.lerp_(mu, grads, 1.0 - b1)  # b1 m + (1 - b1) g
+        foreach.mul_(nu, b2)
+    else:
+        mu = foreach.lerp(mu, grads, 1.0 - b1)
+        nu = foreach.mul(nu, b2)
+    foreach.addcmul_(nu, grads, grads, 1.0 - b2)  # nu is ours: donated, or just made
     # m^ / (sqrt(v^) + eps) = m / (bias1 (sqrt(v) / sqrt(bias2) + eps)): the corrections fold into
     # the denominator, so m^ and v^ never exist as tensors.
     bias1, bias2 = 1.0 - b1**count, 1.0 - b2**count
-    denom = list(torch._foreach_sqrt(nu))
-    torch._foreach_mul_(denom, bias1 / math.sqrt(bias2))
-    torch._foreach_add_(denom, bias1 * eps)
-    return denom
+    denom = foreach.sqrt(nu)
+    foreach.mul_(denom, bias1 / _sqrt(bias2))
+    foreach.add_(denom, bias1 * eps)
+    if not donate:
+        return mu, nu, foreach.div(mu, denom)
+    foreach.copy_(grads, mu)
+    foreach.div_(grads, denom)
+    return mu, nu, grads
+
+
+def _sqrt(value: Scalar) -> Scalar:
+    return value.sqrt() if isinstance(value, torch.Tensor) else math.sqrt(value)

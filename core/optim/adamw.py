@@ -38,20 +38,23 @@ Both relations are tested in float64 against Algorithm 1 written out literally (
 
 from core.optim.adam import scale_by_adam
 from core.optim.base import GradientTransformation, chain
+from core.optim.foreach import Scalar
 from core.optim.learning_rate import Schedule, scale_by_learning_rate
 from core.optim.weight_decay import Mask, add_decayed_weights
 
 
 def adamw(
-    learning_rate: float | Schedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
+    learning_rate: Scalar | Schedule,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 0.01,
     mask: Mask | None = None,
 ) -> GradientTransformation:
     """AdamW; the state is (ScaleByAdamState, EmptyState, ScaleByLearningRateState). A mask limits
-    the decay to some leaves (`decay_matrices` spares the 1-D RMSNorm gains)."""
+    the decay to some leaves (`decay_matrices` spares the 1-D RMSNorm gains). Each hyperparameter
+    may be a (K,) tensor, one value per stacked variant (core/optim/foreach.py): variant k is then
+    updated as adamw with variant k's numbers would update it alone."""
     return chain(
         scale_by_adam(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),

@@ -4,23 +4,30 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from core.optim.base import EmptyState, GradientTransformation, global_norm, scaled
+from core.optim.base import EmptyState, GradientTransformation, global_norm, hyperparameter, scaled
+from core.optim.foreach import Scalar, is_per_variant
 from core.tree import Tree, tree_flatten
 
 
-def clip_scale(norm: Float[Tensor, ""], max_norm: float, eps: float = 1e-6) -> Float[Tensor, ""]:
-    """The factor clipping applies: max_norm / (norm + eps) where norm > max_norm, else 1.
+def clip_scale(norm: Float[Tensor, "*variants"], max_norm: Scalar, eps: float = 1e-6) -> Float[Tensor, "*variants"]:
+    """The factor clipping applies: max_norm / (norm + eps) where norm > max_norm, else 1; per
+    variant when `norm` and `max_norm` are (K,).
 
-    A tensor, not a Python branch on the norm: no host sync, and torch.compile sees one graph."""
-    return torch.where(norm > max_norm, max_norm / (norm + eps), torch.ones_like(norm))
+    A tensor, not a Python branch on the norm: no host sync, and torch.compile sees one graph.
+    Written as torch evaluates `number / tensor` (a reciprocal, then a product), so a (K,)
+    max_norm gives each variant the factor its number would."""
+    if isinstance(max_norm, Tensor):
+        max_norm = max_norm.to(norm)
+    return torch.where(norm > max_norm, (norm + eps).reciprocal() * max_norm, torch.ones_like(norm))
 
 
-def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransformation:
-    """Scale all updates together so that their global norm is at most `max_norm`."""
-    if not max_norm > 0.0:
-        raise ValueError(f"clip_by_global_norm: max_norm must be positive, got {max_norm!r}")
+def clip_by_global_norm(max_norm: Scalar, eps: float = 1e-6) -> GradientTransformation:
+    """Scale all updates together so that their global norm is at most `max_norm`; with a (K,)
+    max_norm, each stacked variant's updates by its own norm and limit."""
+    max_norm = hyperparameter("clip_by_global_norm", "max_norm", max_norm, lambda v: v > 0.0, "be positive")
     if not eps >= 0.0:
         raise ValueError(f"clip_by_global_norm: eps must be non-negative, got {eps!r}")
+    per_variant = is_per_variant(max_norm)
 
     def init(params: Tree) -> EmptyState:
         return EmptyState()
@@ -31,6 +38,7 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
         leaves, spec = tree_flatten(updates)
         if not leaves:
             return updates, state
-        return scaled(leaves, spec, clip_scale(global_norm(leaves), max_norm, eps), donate), state
+        norm = global_norm(leaves, per_variant=per_variant)
+        return scaled(leaves, spec, clip_scale(norm, max_norm, eps), donate), state
 
     return GradientTransformation(init, update)

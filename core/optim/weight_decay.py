@@ -2,20 +2,25 @@
 
 from collections.abc import Callable
 
-import torch
-
-from core.optim.base import EmptyState, GradientTransformation, leaves_like
+from core.optim import foreach
+from core.optim.base import EmptyState, GradientTransformation, hyperparameter, leaves_like
+from core.optim.foreach import Scalar, is_per_variant
+from core.stack import variant_view
 from core.tree import Tree, tree_flatten, tree_map, tree_unflatten
 
 Mask = Tree | Callable[[Tree], Tree]  # a tree of bools shaped like the params, or params -> one
 
 
-def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> GradientTransformation:
+def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Mask | None = None) -> GradientTransformation:
     """Add `weight_decay * param` to the update of every leaf where `mask` is True (every leaf when
     mask is None). Needs `params` in `update`. Followed by `scale_by_learning_rate`, this is the
-    decay of AdamW: theta <- theta - lr * (u + weight_decay * theta)."""
-    if not weight_decay >= 0.0:
-        raise ValueError(f"add_decayed_weights: weight_decay must be non-negative, got {weight_decay!r}")
+    decay of AdamW: theta <- theta - lr * (u + weight_decay * theta).
+
+    A (K,) weight_decay decays K stacked variants, each at its own rate; the mask then describes
+    one model (a tree of one variant's leaves, or a function of one model's params such as
+    `decay_matrices`): a 1-D gain is 2-D once stacked, and must still count as 1-D."""
+    weight_decay = hyperparameter("add_decayed_weights", "weight_decay", weight_decay, lambda v: v >= 0.0, "be non-negative")
+    per_variant = is_per_variant(weight_decay)
 
     def init(params: Tree) -> EmptyState:
         return EmptyState()
@@ -27,18 +32,18 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask | None = None) -> 
             raise ValueError("add_decayed_weights: update needs the params")
         leaves, spec = tree_flatten(updates)
         param_leaves = leaves_like(params, spec, "add_decayed_weights: params")
-        if weight_decay == 0.0:
+        if not leaves or not bool((weight_decay != 0.0).any() if per_variant else weight_decay != 0.0):
             return updates, state
-        chosen = [i for i, keep in enumerate(_mask_leaves(mask, params, spec)) if keep]
+        one_model = variant_view(params) if per_variant else params
+        chosen = [i for i, keep in enumerate(_mask_leaves(mask, one_model, spec)) if keep]
         if not chosen:
             return updates, state
         chosen_updates, chosen_params = [leaves[i] for i in chosen], [param_leaves[i] for i in chosen]
         if donate:
-            torch._foreach_add_(chosen_updates, chosen_params, alpha=weight_decay)
+            foreach.add_(chosen_updates, chosen_params, weight_decay)
             return updates, state
-        decayed = torch._foreach_add(chosen_updates, chosen_params, alpha=weight_decay)
         out = list(leaves)  # the leaves outside the mask pass through as they are (never modified)
-        for i, leaf in zip(chosen, decayed, strict=True):
+        for i, leaf in zip(chosen, foreach.add(chosen_updates, chosen_params, weight_decay), strict=True):
             out[i] = leaf
         return tree_unflatten(out, spec), state
 

@@ -19,8 +19,9 @@ summary.json, summary.md and curves.png (loss against steps and wall-clock secon
 directory.
 
 With `--vmap`, variants that differ only in their seed and optimizer settings (learning rate and
-schedule, betas, eps, weight decay, clipping) train in this process as one stacked model instead,
-into the same run directories (pipelines/experiments/vmap_sweep.py); others run one by one.
+schedule, betas, eps, weight decay, clipping) train in this process as stacked groups instead, each
+group one stacked model, into the same run directories (pipelines/experiments/vmap_sweep.py); a
+variant that stacks with no other runs one by one, as without --vmap.
 """
 
 import itertools
@@ -43,6 +44,7 @@ from core.errors import UsageError
 from pipelines.command import command
 from pipelines.experiments.vmap_sweep import train_stacked
 from pipelines.flags import CommandParser, integer, processes
+from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
 from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
@@ -266,8 +268,9 @@ def sweep(
     for name in configs:
         if name not in todo:
             print(f"{name}: already {run_status(out / name)}, skipped", file=sys.stderr)
-    if vmap and todo and train_stacked({name: configs[name] for name in todo}, threads):
-        todo = []
+    if vmap and todo:
+        trained = train_stacked({name: configs[name] for name in todo}, threads)
+        todo = [name for name in todo if name not in trained]
     threads = threads or threads_per_variant(None, jobs)[0]
 
     trainers = Trainers()
@@ -327,6 +330,8 @@ def parser() -> CommandParser:
 @command
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.vmap:
+        keep_freed_memory()  # stacked models' buffers: page faults would cost more than the arithmetic
     variants = make_variants(args.vary, args.variant)
     fixed = parse_overrides(args.set)
     out = args.out or Path("runs") / f"sweep-{Path(args.config).stem.replace('/', '-')}"

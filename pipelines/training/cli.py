@@ -18,6 +18,7 @@ from pipelines.flags import CommandParser, integer
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config
 from pipelines.training.distributed.launch import launch
 from pipelines.training.hardware.device_check import require_device
+from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.distributed.processes import launched_by_torchrun
 from pipelines.training.distributed.worker import become_worker
 from pipelines.training.run.loop import run_training
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.nproc and args.nproc > 1 and not launched_by_torchrun():
             return launch(config, args.nproc, resume=args.resume)
+        keep_freed_memory()  # the step's buffers stay in the process: no page faults for them on every step
         run_dir, status = run_training(config, resume=args.resume)
     except RuntimeError as error:  # under torchrun: gloo/NCCL report a dead or hanging peer this way
         if not launched_by_torchrun():

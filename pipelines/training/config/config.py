@@ -172,18 +172,19 @@ class TrainConfig:
         _require(self.dataset in PRESETS, "dataset", f"be one of {sorted(PRESETS)}", self.dataset)
 
     @property
-    def final_lr(self) -> float:
+    def resolved_final_lr(self) -> float:
+        """The rate the schedule ends at: schedule.final_lr, else schedule.lr / 10."""
         return self.schedule.lr / 10 if self.schedule.final_lr is None else self.schedule.final_lr
 
     @property
     def decay_start(self) -> int:
         """Where a "wsd" schedule leaves its constant rate: decay_fraction of the steps between the
         warm-up and decay_steps before decay_steps."""
-        warmup, end = self.schedule.warmup_steps, self.decay_steps
+        warmup, end = self.schedule.warmup_steps, self.resolved_decay_steps
         return end - round(self.schedule.decay_fraction * (end - warmup))
 
     @property
-    def decay_steps(self) -> int:
+    def resolved_decay_steps(self) -> int:
         """Where the cosine ends: schedule.decay_steps, else max_steps (a run too short to finish
         its warm-up ends during it)."""
         if self.schedule.decay_steps is not None:

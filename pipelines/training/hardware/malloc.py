@@ -7,7 +7,8 @@ of it faults on first touch. A stacked group's activations and optimizer tempora
 a model's, above the thresholds: a stacked step of 8 variants at d_model 64 (one thread) measured
 0.82 s with glibc's defaults and 0.47 s with these, in a one-off timing (`just bench sweep
 --malloc-default` compares the defaults). The cost: the process keeps its peak memory until it
-exits.
+exits. A change to the whole process, so only command-line entry points make it (the trainer's
+`pipelines/training/cli.py` and the sweep's `--vmap`), never code a caller imports.
 """
 
 import ctypes

@@ -1,6 +1,5 @@
-"""Time in a training loop: the run's wall clock across resumes, its training throughput, and
-which steps are boundaries (log, evaluate, checkpoint). Shared by the trainer (loop.py) and the
-vectorised group trainer (group_loop.py)."""
+"""Time in the training loop (loop.py): the run's wall clock across resumes, its training
+throughput, and which steps are boundaries (log, evaluate, checkpoint)."""
 
 import time
 

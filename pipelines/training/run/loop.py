@@ -1,47 +1,49 @@
-"""Train a Transformer LM: the loop around the pure step (core/train_step.py).
+"""Train a Transformer LM, or K variants of one as a stacked group: the loop around the pure step
+(core/train_step.py).
 
-    run, state = start(config, resume)           # a fresh TrainState, or the one in last.pt
-    while state.step < max_steps:
-        state, metrics = run.step(state, batch for (state.rng, state.step))   # donated, checked
-        at each log / eval / checkpoint boundary: log, evaluate, checkpoint
-    finish(run, outcome)                         # final.pt, summary.json, samples
+    run, state = start(configs, resume)          # a fresh TrainState, or the one in last.pt
+    while state.step < max_steps and a run still trains:
+        state, metrics = run.train_step(state, run.batch(state))   # donated, checked
+        a run whose step was not applied: diverged (stopped; stacked, masked out, the others go on)
+        at each log / eval / checkpoint boundary: log, evaluate, checkpoint every run still training
+    finish each run                              # summary.json, samples (outcome.py)
 
-A run lives in one directory (pipelines/training/storage/run_dir.py lists its files). Its summary.json
-ends with status "completed", "interrupted" (SIGINT/SIGTERM; a checkpoint of the current step was
-written), "diverged" (a non-finite loss, gradient norm or validation loss: the step that saw it
-was not applied and nothing more is written; the last checkpoint written stays the good one) or
-"failed" (a checkpoint could not be written, e.g. a full disk; the previous one is intact).
+A run lives in one directory (pipelines/training/storage/run_dir.py lists its files); K variants
+live in K, each ending as its run alone would: the same metrics rows, checkpoints, statuses and
+messages, and, to fp32 rounding, the same numbers (its weights and batches come from its own seed,
+and its slice of the stacked step computes what its own step would).
 
 A checkpoint is written only for a state shown good: finite parameters and a finite loss on the
 batch the next step trains on. So no checkpoint ever holds weights that give non-finite logits.
+final.pt is a second name of the last checkpoint's file, not a copy.
 
-Data-parallel (several processes under torchrun): every process runs this loop on its part of
-each batch, with the gradients averaged inside the step; the processes agree each step on whether
-to stop, so they stop at the same step, and only the main one logs and writes.
+Data-parallel (several processes under torchrun, one run): every process runs this loop on its
+part of each batch, with the gradients averaged inside the step; the processes agree each step on
+whether to stop, so they stop at the same step, and only the main one logs and writes.
 """
 
 import contextlib
 import math
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from core.gns import NoiseScale, two_batch_estimates
+from core.stack import unstack_tree
 from core.train_state import TrainState
 from core.train_step import Metrics
-from pipelines.training.run.clock import Clock, is_boundary
 from pipelines.training.config.config import TrainConfig
 from pipelines.training.distributed.processes import any_process, stop_processes
+from pipelines.training.run.clock import Clock, is_boundary
 from pipelines.training.run.evaluate import evaluate
-from pipelines.training.run.run import Outcome, Run
-from pipelines.training.storage.run_dir import FINAL, LAST, checkpoint_path
-from pipelines.training.run.samples import write_samples
-from pipelines.training.run.summary import run_summary, write_summary
+from pipelines.training.run.outcome import Progress, finish
+from pipelines.training.run.run import Run
 from pipelines.training.run.signals import StopFlag, stop_on_signals
 from pipelines.training.run.start import start
+from pipelines.training.storage.run_dir import FINAL, LAST, checkpoint_path
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
@@ -53,117 +55,141 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> tuple[Path, st
     """`train`, also returning how the run ended (completed / interrupted / diverged / failed), the
     same on every process."""
     try:
-        run, state = start(config, resume=resume)
-        try:
-            with stop_on_signals() as stop, contextlib.closing(run.log):
-                outcome = train_loop(run, state, stop)
-            finish(run, outcome)
-        finally:
-            if run.lock is not None:
-                run.lock.release()
+        return train_variants([config], resume=resume)[0]
     finally:
         stop_processes()
-    return run.run_dir, outcome.status
 
 
-def train_loop(run: Run, state: TrainState, stop: StopFlag) -> Outcome:
-    """Steps until max_steps, a signal, a divergence or a failed write; the boundaries log,
-    evaluate and checkpoint."""
+def train_variants(configs: Sequence[TrainConfig], *, resume: bool = False) -> list[tuple[Path, str]]:
+    """Train `configs` (one run, or K variants that differ only in per-variant settings:
+    pipelines/training/config/optimizer.py) together, or with `resume` continue them from their
+    checkpoints, all at one step; each one's run directory and status. Resuming runs already
+    complete does nothing."""
+    started = start(configs, resume=resume)
+    if started is None:
+        return [(Path(config.run_dir), "completed") for config in configs]
+    run, state = started
+    try:
+        with stop_on_signals() as stop, contextlib.ExitStack() as logs:
+            for log in run.logs:
+                logs.callback(log.close)
+            state, progress = train_loop(run, state, stop)
+        for k, (config, one) in enumerate(zip(run.configs, progress, strict=True)):
+            if not run.processes.main:
+                continue
+            params = state.params if not run.stacked else unstack_tree(state.params, k) if one.outcome.status == "completed" else None
+            finish(config, one, params, run.data, tokens_per_step=run.tokens_per_step, flops_per_step=run.flops_per_step,
+                   peak_flops=run.peak_flops, named=run.stacked)
+    finally:
+        run.release()
+    return [(run.run_dir(k), one.outcome.status) for k, one in enumerate(progress)]
+
+
+def train_loop(run: Run, state: TrainState, stop: StopFlag) -> tuple[TrainState, list[Progress]]:
+    """Steps until max_steps, a signal, or every run stopped; the boundaries log, evaluate and
+    checkpoint the runs still training."""
     config = run.config
-    progress = _Progress(Clock(state.elapsed), saved_step=state.step if checkpoint_path(run.run_dir).exists() else None,
-                         noise=NoiseScale() if config.gns else None)
-    pending: list[Metrics] = []
+    saved = [state.step if checkpoint_path(run.run_dir(k)).exists() else None for k in range(len(run.configs))]
+    progress = [Progress(run.run_dir(k), step, noise=NoiseScale() if config.gns else None) for k, step in enumerate(saved)]
+    clock, pending = Clock(state.elapsed), []
     bar = tqdm(total=config.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                disable=not run.processes.main)
     with bar:
-        while state.step < config.max_steps:
-            state, metrics = run.step(state, run.batch(state))
-            if not metrics["applied"]:  # the same on every process: loss and gradients are averaged
-                what = "loss" if not bool(torch.isfinite(metrics["loss"])) else "gradient norm"
-                return progress.diverged(run, state, f"non-finite {what} at step {state.step + 1}")
+        while state.step < config.max_steps and _training(progress):
+            before = state
+            state, metrics = run.train_step(state, run.batch(state))
+            _stop_diverged(run, before, metrics, progress, clock)
             pending.append(metrics)
             # All stop at one step. The flag is only read here: a signal handled while the collective
             # runs would otherwise be overwritten by its answer, and lost.
             stopping = any_process(stop.requested, run.processes, run.device)
-            if not is_boundary(config, state.step, stopping):
+            if not _training(progress) or not is_boundary(config, state.step, stopping):
                 continue
-            state = state.replace(elapsed=progress.clock.elapsed())
-            progress.train_loss, pending = _log_training(run, state, pending, progress, bar), []
+            state = state.replace(elapsed=clock.elapsed())
+            _log_training(run, state, pending, progress, clock, bar)
+            pending = []
             if state.step % config.eval.every == 0 or state.step == config.max_steps:
-                progress.val_loss = _log_validation(run, state, bar)
-                if not math.isfinite(progress.val_loss):
-                    return progress.diverged(run, state, f"non-finite validation loss at step {state.step}")
+                _log_validation(run, state, progress, clock, bar)
             if state.step % config.checkpoint_every == 0 or stopping:
-                stopped = progress.checkpoint(run, (LAST,), state)
-                if stopped is not None:
-                    return stopped
+                _checkpoint(run, (LAST,), state, progress, clock)
+            state = _mask_stopped(state, progress)
             if stopping and state.step < config.max_steps:
-                message = f"interrupted at step {state.step}; checkpoint saved to {checkpoint_path(run.run_dir)}"
-                return progress.outcome(state, "interrupted", message)
-            progress.clock.pause()  # evaluation and checkpointing are not training time
-    return progress.checkpoint(run, (LAST, FINAL), state) or progress.outcome(
-        state, "completed", f"finished {state.step} steps; final checkpoint {checkpoint_path(run.run_dir, FINAL)}"
-    )
+                for k, one in _training(progress):
+                    message = f"interrupted at step {state.step}; checkpoint saved to {checkpoint_path(run.run_dir(k))}"
+                    one.stop("interrupted", message, state.step, state.elapsed, clock.steps_per_s())
+            clock.pause()  # evaluation and checkpointing are not training time
+    if _training(progress):
+        _checkpoint(run, (LAST, FINAL), state, progress, clock)
+    for k, one in _training(progress):
+        message = f"finished {state.step} steps; final checkpoint {checkpoint_path(run.run_dir(k), FINAL)}"
+        one.stop("completed", message, state.step, state.elapsed, clock.steps_per_s())
+    return state, progress
 
 
-@dataclass
-class _Progress:
-    """What the loop knows so far: the clock, the latest losses, the step of the last checkpoint,
-    and with --gns the noise scale's moving averages (they restart on resume: not checkpointed)."""
-
-    clock: Clock
-    saved_step: int | None
-    train_loss: float | None = None
-    val_loss: float | None = None
-    noise: NoiseScale | None = None
-
-    def outcome(self, state: TrainState, status: str, message: str) -> Outcome:
-        return Outcome(state, status, message, self.train_loss, self.val_loss, self.clock.steps_per_s())
-
-    def checkpoint(self, run: Run, names: tuple[str, ...], state: TrainState) -> Outcome | None:
-        """Save `state` under `names`; the outcome that stops the run when it could not be."""
-        verdict = run.save(names, state)
-        if verdict is None:
-            self.saved_step = state.step
-            return None
-        status, reason = verdict
-        if status == "failed":
-            return self.outcome(state, "failed", f"{reason}; {self._kept(run)}")
-        return self.diverged(run, state, f"step {state.step} is not good: {reason}")
-
-    def diverged(self, run: Run, state: TrainState, what: str) -> Outcome:
-        run.log.write({"step": state.step + 1, "event": "diverged", "wall": self.clock.elapsed()})
-        return self.outcome(state, "diverged", f"{what}; stopped, {self._kept(run)}")
-
-    def _kept(self, run: Run) -> str:
-        if self.saved_step is None:
-            return "no checkpoint was written"
-        return f"the last good checkpoint is {checkpoint_path(run.run_dir)} (step {self.saved_step})"
+def _training(progress: list[Progress]) -> list[tuple[int, Progress]]:
+    return [(k, one) for k, one in enumerate(progress) if one.training]
 
 
-def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress: _Progress, bar: tqdm) -> float:
-    losses, norms = (torch.stack([m[k].float() for m in pending]).cpu() for k in ("loss", "grad_norm"))
-    tokens_per_step = run.tokens_per_step
-    seconds = progress.clock.interval(len(losses))
+def _mask_stopped(state: TrainState, progress: list[Progress]) -> TrainState:
+    """Stacked: the state with the variants that stopped at a boundary (diverged or failed there)
+    masked out too, so that the step leaves them as they are."""
+    if state.active is None:
+        return state
+    training = torch.tensor([one.training for one in progress], device=state.active.device)
+    return state.replace(active=state.active & training)
+
+
+def _per_run(value: torch.Tensor | bool) -> list:
+    """A metric of one run (a 0-d tensor or a bool) or of K variants ((K,)) as K Python values."""
+    return torch.as_tensor(value).reshape(-1).tolist()
+
+
+def _diverge(run: Run, k: int, one: Progress, state: TrainState, what: str, clock: Clock, step: int | None = None) -> None:
+    """Stop run k at `state` as diverged: an event row at `step` (default: state's), nothing written."""
+    step = state.step if step is None else step
+    run.logs[k].write({"step": step, "event": "diverged", "wall": clock.elapsed()})
+    one.stop("diverged", f"{what}; stopped, {one.kept()}", step, state.elapsed, clock.steps_per_s())
+
+
+def _stop_diverged(run: Run, before: TrainState, metrics: Metrics, progress: list[Progress], clock: Clock) -> None:
+    """The runs whose step was not applied (a non-finite loss or gradient norm) stop at `before`,
+    at the step that failed (the same on every process: loss and gradients are averaged)."""
+    applied = _per_run(metrics["applied"])
+    if all(applied):
+        return
+    losses = _per_run(metrics["loss"])
+    for k, one in _training(progress):
+        if not applied[k]:
+            what = "loss" if not math.isfinite(losses[k]) else "gradient norm"
+            _diverge(run, k, one, before, f"non-finite {what} at step {before.step + 1}", clock, step=before.step + 1)
+
+
+def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress: list[Progress], clock: Clock, bar: tqdm) -> None:
+    losses, norms = (torch.stack([torch.as_tensor(m[key]).float().reshape(-1) for m in pending]).cpu() for key in ("loss", "grad_norm"))
+    seconds = clock.interval(len(losses))
+    tokens_per_s = len(losses) * run.tokens_per_step / seconds  # each variant's (outcome.py)
     flops_per_s = len(losses) * run.flops_per_step / seconds
-    row = {
-        "step": state.step,
-        "tokens": state.step * tokens_per_step,
-        "wall": state.elapsed,
-        "train_loss": float(losses.mean()),
-        "lr": run.schedule(state.step - 1),  # the rate of the step just taken
-        "grad_norm": float(norms[-1]),
-        "tokens_per_s": len(losses) * tokens_per_step / seconds,
-        "flops_per_s": flops_per_s,
-        "mfu": flops_per_s / run.peak_flops,
-    }
-    if progress.noise is not None:
-        progress.noise = _noise_scale(run, progress.noise, pending, norms)
-        row.update(progress.noise.readout())
-    run.log.write(row)
+    for k, one in _training(progress):
+        row = {
+            "step": state.step,
+            "tokens": state.step * run.tokens_per_step,
+            "wall": state.elapsed,
+            "train_loss": float(losses[:, k].mean()),
+            "lr": run.schedules[k](state.step - 1),  # the rate of the step just taken
+            "grad_norm": float(norms[-1, k]),
+            "tokens_per_s": tokens_per_s,
+            "flops_per_s": flops_per_s,
+            "mfu": flops_per_s / run.peak_flops,
+        }
+        if one.noise is not None:
+            one.noise = _noise_scale(run, one.noise, pending, norms[:, k])
+            row.update(one.noise.readout())
+        run.logs[k].write(row)
+        one.train_loss = row["train_loss"]
     bar.update(state.step - bar.n)
-    bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{row['mfu']:.1%}")
-    return row["train_loss"]
+    training = [one.train_loss for _, one in _training(progress)]
+    postfix = {"loss": f"{min(training):.3f}", "tok_s": f"{len(training) * tokens_per_s:.0f}", "mfu": f"{flops_per_s / run.peak_flops:.1%}"}
+    bar.set_postfix(postfix | ({"training": f"{len(training)}/{len(progress)}"} if run.stacked else {"lr": f"{row['lr']:.2e}"}))
 
 
 def _noise_scale(run: Run, noise: NoiseScale, pending: list[Metrics], norms: torch.Tensor) -> NoiseScale:
@@ -174,26 +200,28 @@ def _noise_scale(run: Run, noise: NoiseScale, pending: list[Metrics], norms: tor
     return noise.updated(*two_batch_estimates(small_sq, norms.double().square(), b_small, b_big))
 
 
-def _log_validation(run: Run, state: TrainState, bar: tqdm) -> float:
-    loss = evaluate(state.params, run.data, run.config, run.autocast, run.device, run.processes)
+def _log_validation(run: Run, state: TrainState, progress: list[Progress], clock: Clock, bar: tqdm) -> None:
+    """Every run's loss over the fixed validation windows; a non-finite one stops that run as diverged."""
+    losses = evaluate(state.params, run.data, run.config, run.eval_loss, run.device, run.processes)
     tokens = state.step * run.tokens_per_step
-    run.log.write({"step": state.step, "tokens": tokens, "wall": state.elapsed, "val_loss": loss})
-    if run.processes.main:
-        bar.write(f"step {state.step}: val loss {loss:.4f}")
-    return loss
+    for k, one in _training(progress):
+        run.logs[k].write({"step": state.step, "tokens": tokens, "wall": state.elapsed, "val_loss": losses[k]})
+        one.val_loss = losses[k]
+        if run.processes.main:
+            bar.write(f"step {state.step}: {f'{run.run_dir(k).name} ' if run.stacked else ''}val loss {losses[k]:.4f}")
+        if not math.isfinite(losses[k]):
+            _diverge(run, k, one, state, f"non-finite validation loss at step {state.step}", clock)
 
 
-def finish(run: Run, outcome: Outcome) -> dict:
-    """summary.json for every run; samples for a completed one (written by the main process)."""
-    state, config = outcome.state, run.config
-    summary = run_summary(
-        outcome.status, state.step, state.elapsed, outcome.train_loss, outcome.val_loss, outcome.steps_per_s,
-        run.tokens_per_step, run.flops_per_step, run.peak_flops, config.model, outcome.message,
-    )
-    if not run.processes.main:
-        return summary
-    write_summary(run.run_dir, summary)
-    print(outcome.message, file=sys.stderr)
-    if outcome.status == "completed" and run.data.tokenizer is not None and config.sample.count:
-        write_samples(run.run_dir, state.params, config, run.data.tokenizer)
-    return summary
+def _checkpoint(run: Run, names: tuple[str, ...], state: TrainState, progress: list[Progress], clock: Clock) -> None:
+    """Save each run still training under `names` if its state is good; one that is not stops as
+    diverged, one whose file cannot be written as failed (its previous checkpoint is intact)."""
+    training = _training(progress)
+    verdicts = run.save(names, state, [k for k, _ in training])
+    for (k, one), verdict in zip(training, verdicts, strict=True):
+        if verdict is None:
+            one.saved_step = state.step
+        elif verdict[0] == "failed":
+            one.stop("failed", f"{verdict[1]}; {one.kept()}", state.step, state.elapsed, clock.steps_per_s())
+        else:
+            _diverge(run, k, one, state, f"step {state.step} is not good: {verdict[1]}", clock)

@@ -1,6 +1,14 @@
-"""What stays fixed while a run trains (`Run`), and how it ended (`Outcome`)."""
+"""What stays fixed while a run trains (`Run`), for one run or K variants trained together.
 
-from collections.abc import Callable
+One run trains one model (on one process or, data-parallel, on several). K variants (a vectorised
+sweep) train as K stacked models in one process (core/train_step.py, `variants=K`): each has its
+own run directory, log, checkpoints and summary, exactly as if it had trained alone. Index k is
+variant k throughout; a run alone is variant 0 of 1.
+"""
+
+import math
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,17 +16,21 @@ from typing import Any
 import torch
 
 from core.optim import GradientTransformation
-from core.train_state import TrainState
-from core.train_step import Autocast, TrainStep, loss_fn
-from core.tree import tree_leaves_by_path
-from pipelines.training.storage.checkpoint import save_train_state
+from core.stack import variant_view
+from core.train_state import TrainState, variant_state
+from core.train_step import Autocast, Loss, TrainStep
+from params.finite import non_finite_param
+from pipelines.files.atomic import temporary_path
 from pipelines.training.config.config import TrainConfig
 from pipelines.training.data.batches import rank_batch, step_generator
-from pipelines.training.distributed.processes import Processes, broadcast_object
 from pipelines.training.data.prepare import TrainingData
+from pipelines.training.distributed.processes import Processes, broadcast_object
+from pipelines.training.distributed.sharding import Sharding
+from pipelines.training.storage.checkpoint import save_train_state
 from pipelines.training.storage.run_dir import checkpoint_path
 from pipelines.training.storage.run_lock import RunLock
-from pipelines.training.distributed.sharding import Sharding
+
+Verdict = tuple[str, str] | None  # None: saved; else ("diverged", why not good) or ("failed", the I/O error)
 
 
 class NoLog:
@@ -31,75 +43,123 @@ class NoLog:
         pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Run:
-    config: TrainConfig
-    run_dir: Path
-    data: TrainingData
+    configs: tuple[TrainConfig, ...]  # one per variant; they differ only in per-variant settings
+    data: TrainingData  # shared: the variants differ in neither data nor tokenizer
     optimizer: GradientTransformation
-    schedule: Callable[[int], float]  # the optimizer's learning rate by step, for the logs
-    step: TrainStep
+    schedules: tuple[Callable[[int], float], ...]  # each variant's learning rate by step, for the logs
+    train_step: TrainStep  # (state, batch) -> (state, metrics): donated and checked (core/train_step.py)
+    batch_loss: Loss  # (params, x, y) -> each variant's loss on its own batch, for the checkpoint check
+    eval_loss: Loss  # (params, x, y) -> each variant's loss on one shared batch, for validation
     autocast: Autocast
     device: torch.device
     processes: Processes
     sharding: Sharding | None  # how the optimizer state is split over processes (--shard_optimizer)
-    log: Any  # MetricsLog on the main process, NoLog elsewhere
-    flops_per_step: int  # matmul FLOPs of one step on one process, by core/accounting.py's count
+    logs: tuple[Any, ...]  # each variant's MetricsLog on the main process, NoLog elsewhere
+    flops_per_step: int  # one variant's matmul FLOPs of one step on one process (core/accounting.py)
     peak_flops: float  # one device's, for MFU (pipelines/training/hardware/peak.py)
-    meta: dict  # what every checkpoint records beside the state: configs, tokenizer fingerprint
-    lock: RunLock | None  # held on run_dir by the main process until the run ends
+    metas: tuple[dict, ...]  # what each variant's checkpoints record beside its state
+    locks: tuple[RunLock, ...]  # held on each run directory by the main process until the run ends
+
+    @property
+    def config(self) -> TrainConfig:
+        """The settings every variant has in common (shapes, intervals, max_steps): variant 0's."""
+        return self.configs[0]
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.configs) > 1
+
+    def run_dir(self, index: int = 0) -> Path:
+        return Path(self.configs[index].run_dir)
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens of one step's global batch, over every process and micro-batch."""
+        """Tokens of one variant's step: its global batch, over every process and micro-batch."""
         config = self.config
         return config.data.batch_size * config.grad_accum * self.processes.world * config.model.context_length
 
     def batch(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's part of the batch of the step after `state`: a function of the run's key
-        and the step only (pipelines/training/data/batches.py's rank_batch)."""
+        and the step only (pipelines/training/data/batches.py's rank_batch); stacked, each
+        variant's from its own key, as (K, batch, seq)."""
+        if not self.stacked:
+            return self._batch(state.rng, state.step)
+        batches = [self._batch(rng, state.step) for rng in state.rng]
+        return torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+
+    def _batch(self, rng: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         config, processes = self.config, self.processes
         return rank_batch(
             self.data.train, config.data.batch_size, config.model.context_length, self.device,
-            step_generator(state.rng, state.step), rank=processes.rank, world=processes.world, micro_batches=config.grad_accum,
+            step_generator(rng, step), rank=processes.rank, world=processes.world, micro_batches=config.grad_accum,
         )
 
-    def save(self, names: tuple[str, ...], state: TrainState) -> tuple[str, str] | None:
-        """Write `state` under each of `names` if it is good. None when written; else the same
-        (status, reason) on every process: ("diverged", why it is not good) or ("failed", the I/O
-        error). The main process checks and writes (the optimizer state gathered first when sharded)."""
+    def save(self, names: Sequence[str], state: TrainState, variants: Sequence[int]) -> list[Verdict]:
+        """Write each of `variants` (indices) of `state` under `names` if it is good; one verdict
+        per variant, the same on every process. The main process checks and writes (the optimizer
+        state gathered first when sharded)."""
         if self.sharding is not None:
             state = self.sharding.gathered(state)
-        verdict = None
+        verdicts = None
         if self.processes.main:
-            problem = self.problem(state)
-            if problem is not None:
-                verdict = ("diverged", problem)
-            else:
-                try:
-                    for name in names:
-                        save_train_state(checkpoint_path(self.run_dir, name), state, self.meta)
-                except OSError as error:  # a full disk, a vanished directory: the previous file is intact
-                    verdict = ("failed", str(error))
-        return broadcast_object(verdict, self.processes)
+            problems = self.problems(state)
+            verdicts = [("diverged", problems[k]) if problems[k] is not None else self._write(k, names, state) for k in variants]
+        return broadcast_object(verdicts, self.processes)
 
-    def problem(self, state: TrainState) -> str | None:
-        """Why `state` is not good, or None: a non-finite parameter, or a non-finite loss on the
-        batch the next step trains on (finite but blown-up weights overflow in the forward)."""
-        for name, leaf in tree_leaves_by_path(state.params).items():
-            if not bool(torch.isfinite(leaf).all()):
-                return f"parameter {name} is not finite"
+    def _write(self, index: int, names: Sequence[str], state: TrainState) -> Verdict:
+        """Variant `index`'s checkpoint under names[0], the other names linked to that file."""
+        one = variant_state(state, index) if self.stacked else state
+        first = checkpoint_path(self.run_dir(index), names[0])
+        try:
+            save_train_state(first, one, self.metas[index])
+            for name in names[1:]:
+                _link_atomic(first, checkpoint_path(self.run_dir(index), name))
+        except OSError as error:  # a full disk, a vanished directory: the previous file is intact
+            return ("failed", str(error))
+        return None
+
+    def problems(self, state: TrainState) -> list[str | None]:
+        """Per variant, why its state is not good, or None: a non-finite parameter, or a non-finite
+        loss on the batch the next step trains on (finite but blown-up weights overflow in the
+        forward)."""
+        variants = len(self.configs)
+        views = [variant_view(state.params, k) for k in range(variants)] if self.stacked else [state.params]
         with torch.no_grad():
             x, y = self.batch(state)
-            loss = loss_fn(state.params, x[: self.config.data.batch_size], y[: self.config.data.batch_size], self.config.model, self.autocast)
-        return None if bool(torch.isfinite(loss)) else f"its loss on the next batch is {float(loss)}"
+            rows = self.config.data.batch_size  # one micro-batch
+            losses = self.batch_loss(state.params, x[..., :rows, :], y[..., :rows, :]).reshape(-1).tolist()
+        problems: list[str | None] = []
+        for params, loss in zip(views, losses, strict=True):
+            name = non_finite_param(params)
+            if name is not None:
+                problems.append(f"parameter {name} is not finite")
+            else:
+                problems.append(None if math.isfinite(loss) else f"its loss on the next batch is {loss}")
+        return problems
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
 
 
-@dataclass(frozen=True)
-class Outcome:
-    state: TrainState  # the state when the loop stopped (after the last applied step)
-    status: str  # completed / interrupted / diverged / failed
-    message: str
-    train_loss: float | None
-    val_loss: float | None
-    steps_per_s: float | None  # training throughput, evaluation and checkpointing excluded
+def _link_atomic(source: Path, path: Path) -> None:
+    """`path` becomes a second name of `source`'s file (one file on disk, not a copy), replacing
+    what was there at once; a copy where the file system has no hard links. A later atomic write
+    of `source` renames a new file over it and leaves `path` as it was."""
+    tmp = temporary_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here: a copy, on disk before the rename
+        with open(tmp, "wb") as f:
+            f.write(source.read_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # makes the new name durable
+    finally:
+        os.close(directory)

@@ -1,4 +1,4 @@
-"""summary.json: how a run ended, in the same fields for the trainer and the vectorised group."""
+"""summary.json: how a run ended (pipelines/training/run/outcome.py), the same fields for a run alone and for each variant trained together."""
 
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from pipelines.training.storage.run_dir import SUMMARY_FILE
 
 
 def run_summary(
+    *,
     status: str,
     step: int,
     wall: float,
