@@ -30,7 +30,7 @@ setup:
 
 # the default test suite (under 2 minutes on 2 cores), with runtime shape checking (jaxtyping + beartype over core and params)
 test *ARGS: setup
-    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker -m "not slow" "$@"
+    {{python}} -m pytest --jaxtyping-packages=core,params,conftest.typechecker -m "not slow" -n 2 --dist loadfile "$@"
 
 # every test, the slow end-to-end ones too (what CI runs)
 test-all *ARGS: setup

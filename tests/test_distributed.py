@@ -119,6 +119,7 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(directory / f"out.{rank}") for rank in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("grad_mode", ["autograd", "func"])
 def test_two_ranks_on_half_batches_equal_one_process_on_the_whole_batch(two_ranks, name, grad_mode):

@@ -93,6 +93,7 @@ def _per_example_truth(params, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(mean.square().sum()), float((flat - mean).square().sum(1).mean())
 
 
+@pytest.mark.slow
 def test_the_steps_micro_batches_agree_with_per_example_gradients():
     """At one parameter point, the training step with gns=True on many batches drawn from a pool
     of 64 sequences: the mean of its per-step estimates matches the pool's |G|² and tr Σ (seeded:
@@ -167,6 +168,7 @@ def test_gns_with_one_batch_size_is_refused_in_one_line_before_any_work(token_di
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_gns_on_two_processes_compares_each_local_gradient_with_the_average(token_dir, tmp_path):
     run_dir = tmp_path / "two"
     result = subprocess.run(torchrun_command(token_dir, run_dir, "--set=data.batch_size=4", "--gns", "--max_steps", "10"),

@@ -104,6 +104,7 @@ def test_sweep_records_divergence_and_resumes(tmp_path, data_dir, capsys):
     assert (tmp_path / "docs" / "figures" / "sweep.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, data_dir):
     out = tmp_path / "sweep"
     settings = [s for s in TINY if not s.startswith(("max_steps", "log_every", "checkpoint_every"))]

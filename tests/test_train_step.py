@@ -135,6 +135,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_the_whole_compiled_step_equals_the_eager_step_and_applies_nothing_non_finite():
     # In a fresh interpreter: torch.compile cannot trace the runtime shape checks `just test` adds.
     root = Path(__file__).resolve().parents[1]

@@ -177,6 +177,7 @@ def assert_same_run(ours: Path, alone: Path) -> None:
         assert saved["opt_state"].keys() == theirs["opt_state"].keys()
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_group_with_checkpoints_and_the_sweep_resumes_it(tmp_path, data_dir):
     out = tmp_path / "sweep"
     # The schedule is pinned (decay_steps), so that the resumed call can end sooner than the first.
