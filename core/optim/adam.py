@@ -57,18 +57,18 @@ def adam_leaves(
 ) -> tuple[Leaves, Leaves, Leaves]:
     """New (mu, nu, u) for update number `count`, one foreach kernel per operation. Donated, mu
     and nu are updated in place and u is written over the gradients, with one temporary (the
-    denominator; per variant, also the scaled gradient of the second moment)."""
+    denominator), as torch.optim.AdamW(foreach=True) allocates."""
     if donate:
         foreach.lerp_(mu, grads, 1.0 - b1)  # b1 m + (1 - b1) g
         foreach.mul_(nu, b2)
     else:
         mu = foreach.lerp(mu, grads, 1.0 - b1)
         nu = foreach.mul(nu, b2)
-    foreach.addcmul_(nu, grads, grads, 1.0 - b2)  # nu is ours: donated, or just made
+    spare = foreach.addcmul_(nu, grads, grads, 1.0 - b2)  # nu is ours: donated, or just made
     # m^ / (sqrt(v^) + eps) = m / (bias1 (sqrt(v) / sqrt(bias2) + eps)): the corrections fold into
     # the denominator, so m^ and v^ never exist as tensors.
     bias1, bias2 = 1.0 - b1**count, 1.0 - b2**count
-    denom = foreach.sqrt(nu)
+    denom = foreach.sqrt(nu, out=spare)  # per variant, into the temporary the line above made
     foreach.mul_(denom, bias1 / _sqrt(bias2))
     foreach.add_(denom, bias1 * eps)
     if not donate:

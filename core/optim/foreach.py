@@ -79,13 +79,16 @@ def add_(leaves: Leaves, other: Scalar | Leaves, scale: Scalar = 1) -> None:
         torch._foreach_add_(leaves, _fitted(other, leaves))
 
 
-def addcmul_(leaves: Leaves, first: Leaves, second: Leaves, scale: Scalar) -> None:
+def addcmul_(leaves: Leaves, first: Leaves, second: Leaves, scale: Scalar) -> Leaves | None:
     """leaves += scale * first * second, in place. Per variant, (scale * first) is made first, so
-    the product rounds as torch's addcmul rounds it with a number."""
-    if is_per_variant(scale):
-        torch._foreach_addcmul_(leaves, mul(first, scale), second)
-    else:
+    the product rounds as torch's addcmul rounds it with a number; that temporary is returned,
+    free for the caller to reuse (None with a number, which needs none)."""
+    if not is_per_variant(scale):
         torch._foreach_addcmul_(leaves, first, second, value=scale)
+        return None
+    scaled = mul(first, scale)
+    torch._foreach_addcmul_(leaves, scaled, second)
+    return scaled
 
 
 def lerp(leaves: Leaves, ends: Leaves, weight: Scalar) -> Leaves:
@@ -104,8 +107,13 @@ def div_(leaves: Leaves, divisor: Scalar | Leaves) -> None:
     torch._foreach_div_(leaves, _fitted(divisor, leaves))
 
 
-def sqrt(leaves: Leaves) -> Leaves:
-    return list(torch._foreach_sqrt(leaves))
+def sqrt(leaves: Leaves, out: Leaves | None = None) -> Leaves:
+    """Each leaf's square root, as new tensors or written into `out`."""
+    if out is None:
+        return list(torch._foreach_sqrt(leaves))
+    torch._foreach_copy_(out, leaves)
+    torch._foreach_sqrt_(out)
+    return out
 
 
 def copy_(leaves: Leaves, sources: Leaves) -> None:
