@@ -157,6 +157,7 @@ def torchrun_command(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "--data.path", str(data), "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
 
 
+@pytest.mark.slow
 def test_a_two_process_sharded_run_checkpoints_once_and_one_process_resumes_it_on_the_same_global_batch(token_dir, tmp_path):
     halves = tmp_path / "two"
     result = subprocess.run(torchrun_command(token_dir, halves, "--set=data.batch_size=4", "--set=schedule.decay_steps=20", "--set=shard_optimizer=true", "--max_steps", "10"),
