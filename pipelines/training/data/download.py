@@ -1,4 +1,4 @@
-"""Fetching the TinyStories corpus: resumable HTTP downloads into a cache directory.
+"""Fetching the training corpora (TinyStories, OpenWebText): resumable HTTP downloads into a cache directory.
 
 A CPU-sized run needs a slice of the 2.1 GB train file, not all of it: `fetch_tinystories(dest,
 train_mb=64)` fetches the valid file and the first 64 MiB of train by HTTP range request, cut after
