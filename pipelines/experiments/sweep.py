@@ -321,8 +321,8 @@ def parser() -> CommandParser:
     parser.add_argument("--jobs", type=processes(), default=1, help="variants trained side by side (default 1)")
     parser.add_argument("--threads", type=integer(1, 4096), help="torch threads per variant (default: $OMP_NUM_THREADS, else CPUs / jobs)")
     parser.add_argument("--vmap", action="store_true",
-                        help="train the variants in this process as one stacked model (torch.func.vmap) when only their "
-                             "seed and optimizer settings differ; others run one by one")
+                        help="train, in this process, each group of variants that differ only in their seed and optimizer "
+                             "settings as one stacked model (torch.func.vmap); a variant that stacks with no other runs one by one")
     parser.add_argument("--summary_only", action="store_true", help="rewrite the summary of the runs present; train nothing")
     return parser
 
