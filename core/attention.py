@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-import einx
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -22,6 +21,15 @@ KV = tuple[Tensor, Tensor]
 # RoPE's cos and sin at each position, each (*batch, seq, d_k / 2).
 Rotation = tuple[Tensor, Tensor]
 
+
+
+def _einx():
+    """einx, imported when a reference kernel first runs: importing it loads torch's compiler
+    machinery, which made every eager op of the process slower (`just bench train`: the peer's
+    eager step 83 -> 90 ms with einx imported), so the fused path never imports it."""
+    import einx
+
+    return einx
 
 def constant_when_compiled(fn: Callable) -> Callable:
     """torch.compiler.assume_constant_result, without its import of torch._dynamo: that import
@@ -73,9 +81,9 @@ def rotate_pairs(
 ) -> Float[Tensor, "*batch seq d_k"]:
     """Rotate each adjacent pair (x[2k], x[2k+1]) by the angle whose cos and sin are given."""
     cos, sin = (t.to(x.dtype) for t in rotation)
-    even, odd = einx.id("... (half pair) -> pair ... half", x, pair=2)
+    even, odd = _einx().id("... (half pair) -> pair ... half", x, pair=2)
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos))
-    return einx.id("pair ... half -> ... (half pair)", rotated)
+    return _einx().id("pair ... half -> ... (half pair)", rotated)
 
 
 def rope(
@@ -97,10 +105,10 @@ def scaled_dot_product_attention(
     mask: Bool[Tensor, "*#mbatch q k"] | None = None,
 ) -> Float[Tensor, "*batch q d_v"]:
     """softmax(q k^T / sqrt(d_k)) v, where mask False gives a key probability 0."""
-    scores = einx.dot("... q [d_k], ... k [d_k] -> ... q k", q, k) / math.sqrt(q.shape[-1])
+    scores = _einx().dot("... q [d_k], ... k [d_k] -> ... q k", q, k) / math.sqrt(q.shape[-1])
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return einx.dot("... q [k], ... [k] d_v -> ... q d_v", softmax(scores, dim=-1), v)
+    return _einx().dot("... q [k], ... [k] d_v -> ... q d_v", softmax(scores, dim=-1), v)
 
 
 def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Bool[Tensor, "q k"]:
@@ -118,11 +126,11 @@ def causal_attention(
 
 
 def split_heads(x: Float[Tensor, "*batch seq d_model"], num_heads: int) -> Float[Tensor, "*batch heads seq d_k"]:
-    return einx.id("... seq (heads d_k) -> ... heads seq d_k", x, heads=num_heads)
+    return _einx().id("... seq (heads d_k) -> ... heads seq d_k", x, heads=num_heads)
 
 
 def merge_heads(x: Float[Tensor, "*batch heads seq d_k"]) -> Float[Tensor, "*batch seq d_model"]:
-    return einx.id("... heads seq d_k -> ... seq (heads d_k)", x)
+    return _einx().id("... heads seq d_k -> ... seq (heads d_k)", x)
 
 
 # -- the fast path: torch's views and F.scaled_dot_product_attention ---------------------------
