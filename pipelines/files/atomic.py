@@ -57,7 +57,7 @@ def open_atomic(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+    fsync_path(path.parent)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -80,12 +80,12 @@ def build_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator[
         with _naming(path):
             yield tmp
             for name in os.listdir(tmp):
-                _fsync_file(tmp / name)
-            fsync_folder(tmp)
+                fsync_path(tmp / name)
+            fsync_path(tmp)
         _rename_folder(tmp, path, replace)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    fsync_folder(path.parent)
+    fsync_path(path.parent)
 
 
 def _rename_folder(tmp: Path, path: Path, replace: bool) -> None:
@@ -114,21 +114,13 @@ def copy_folder(source: Path, target: Path, *, replace: bool = False) -> Path:
     return target
 
 
-def fsync_folder(path: Path) -> None:
-    """Make the renames in the folder `path` durable."""
-    directory = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush `path` to disk: a file's contents, or a folder's renames."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(descriptor)
     finally:
-        os.close(directory)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.close(descriptor)
 
 
 class DiskFull(OSError, UsageError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.errors import UsageError
-from pipelines.files.atomic import fsync_folder
+from pipelines.files.atomic import fsync_path
 from pipelines.files.lock import hold
 from pipelines.training.data.dataset_names import local_sample_hint
 
@@ -212,7 +212,7 @@ def _finalise(partial: Path, target: Path, max_bytes: int | None) -> None:
     with open(partial, "ab") as handle:
         os.fsync(handle.fileno())  # the rename must not become visible before the bytes are on disk
     os.replace(partial, target)
-    fsync_folder(target.parent)  # nor be lost after it
+    fsync_path(target.parent)  # nor be lost after it
 
 
 def _last_document_end(path: Path) -> int | None:
