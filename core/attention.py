@@ -22,7 +22,6 @@ KV = tuple[Tensor, Tensor]
 Rotation = tuple[Tensor, Tensor]
 
 
-
 def _einx():
     """einx, imported when a reference kernel first runs: importing it loads torch's compiler
     machinery, which made every eager op of the process slower (`just bench train`: the peer's
@@ -30,6 +29,7 @@ def _einx():
     import einx
 
     return einx
+
 
 def constant_when_compiled(fn: Callable) -> Callable:
     """torch.compiler.assume_constant_result, without its import of torch._dynamo: that import
