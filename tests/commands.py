@@ -9,6 +9,7 @@ from here, so a new recipe is covered without editing them.
 import functools
 import importlib
 import re
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -40,3 +41,12 @@ def recipe_modules() -> dict[str, str]:
 
 def command_module(recipe: str) -> ModuleType:
     return importlib.import_module(recipe_modules()[recipe])
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a refused command, which failed without a traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]

@@ -13,6 +13,9 @@ from conftest import shared_path
 from core.config import ModelConfig
 from core.tree import tree_map
 
+EOT = "<|endoftext|>"
+STORY = "Once upon a time there was a fox. The fox liked to run in the big green wood.\n"  # a text's unit in tests
+
 
 def randn(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale

@@ -15,8 +15,8 @@ from pipelines.tokenizer.train import train_tokenizer
 from pipelines.training.cli import main
 from pipelines.training.config.config import TrainConfig, resolve_config
 from pipelines.training.data.prepare import open_training_data
+from tests.inputs import EOT
 
-EOT = "<|endoftext|>"
 FIRST = "Once upon a time there was a cat. The cat liked to play with a ball.\n" + EOT + "\n"
 SECOND = "A small dog ran to the river every morning and barked at the ducks.\n" + EOT + "\n"
 TINY = {

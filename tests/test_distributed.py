@@ -6,7 +6,6 @@ process stops the others instead of leaving them waiting."""
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -30,11 +29,8 @@ from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, check
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.distributed.sharding import Sharding
 from pipelines.training.run.start import _first_state
-from tests.test_guarantees import wait_for_progress
-from tests.test_launch import children
-from tests.test_train import TINY, tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
+from tests.runs import ROOT, TINY, children, tiny_config, trainer_command, wait_for_progress
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "baseline": ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2),
     "tied": ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, tie_embeddings=True),
@@ -153,8 +149,7 @@ def test_gradient_accumulation_of_k_micro_batches_equals_one_batch():
 
 def torchrun_command(data: Path, run_dir: Path, *extra: str) -> list[str]:
     """The trainer on two processes, through the CLI's --nproc (torchrun's agent in the launcher)."""
-    return [sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--nproc", "2",
-            "--data.path", str(data), "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
+    return trainer_command(data, run_dir, TINY, "--nproc", "2", *extra)
 
 
 @pytest.mark.slow

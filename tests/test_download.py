@@ -1,7 +1,6 @@
 """Resumable, prefix-capable downloads against a local HTTP server on 127.0.0.1 (no internet)."""
 
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,15 +97,6 @@ def server():
     httpd.shutdown()
     httpd.server_close()
     thread.join(TIMEOUT)
-
-
-@pytest.fixture
-def refused_url() -> str:
-    """A 127.0.0.1 URL nothing listens on: connections are refused at once, as offline."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 def cut(data: bytes, max_bytes: int) -> bytes:

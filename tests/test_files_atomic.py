@@ -12,7 +12,7 @@ import pytest
 from core.errors import UsageError
 from pipelines.files import atomic
 from pipelines.files.atomic import (
-    DiskFull, build_folder, copy_folder, is_temporary, open_atomic, remove_stale_temporaries, temporary_path, write_atomic,
+    DiskFull, build_folder, copy_folder, is_temporary, remove_stale_temporaries, temporary_path, write_atomic,
 )
 from pipelines.files.lock import Busy, acquire, hold, lock_path
 

@@ -20,8 +20,7 @@ from params.init import init_params
 from pipelines.experiments.plot import plot_runs
 from pipelines.training.cli import main
 from pipelines.training.storage.metrics import read_metrics
-from tests.test_distributed import ROOT, torchrun_command
-from tests.test_train import TINY, token_dir  # noqa: F401  (token_dir: a fixture)
+from tests.runs import ROOT, TINY, trainer_command
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,7 +170,7 @@ def test_gns_with_one_batch_size_is_refused_in_one_line_before_any_work(token_di
 @pytest.mark.slow
 def test_gns_on_two_processes_compares_each_local_gradient_with_the_average(token_dir, tmp_path):
     run_dir = tmp_path / "two"
-    result = subprocess.run(torchrun_command(token_dir, run_dir, "--set=data.batch_size=4", "--gns", "--max_steps", "10"),
+    result = subprocess.run(trainer_command(token_dir, run_dir, TINY, "--nproc", "2", "--set=data.batch_size=4", "--gns", "--max_steps", "10"),
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert _noise_rows(run_dir)[-1]["gns_trace"] > 0

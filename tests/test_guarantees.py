@@ -6,8 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -17,18 +15,13 @@ import torch
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.cli import main
 from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
-from tests.test_train import TINY, token_dir  # noqa: F401  (token_dir: a fixture)
+from tests.runs import ROOT, TINY, trainer_command, wait_for_progress
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def command(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    settings = {**TINY, "log_every": 1, "checkpoint_every": 2, "eval.every": 20}
-    return [
-        sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--data.path", str(data),
-        "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in settings.items()], *extra,
-    ]
+    return trainer_command(data, run_dir, {**TINY, "log_every": 1, "checkpoint_every": 2, "eval.every": 20}, *extra)
 
 
 def params_of(path: Path) -> dict[str, torch.Tensor]:
@@ -79,19 +72,6 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
     lines = (run_dir / METRICS_FILE).read_bytes().splitlines()
     assert all(orjson.loads(line) for line in lines)  # no torn row: every line is whole JSON
     assert orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"] == "completed"
-
-
-def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, timeout: float = 120.0) -> None:
-    """Until the trainer has logged `rows` new metrics rows (it is past its start-up and training),
-    or ended."""
-    metrics = run_dir / METRICS_FILE
-    before = metrics.read_bytes().count(b"\n") if metrics.exists() else 0
-    deadline = time.monotonic() + timeout
-    while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= before + rows):
-        if process.poll() is not None:  # finished (or failed: the caller checks the exit code)
-            return
-        assert time.monotonic() < deadline, "the trainer made no progress"
-        time.sleep(0.02)
 
 
 def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holder(token_dir, tmp_path, capsys):

@@ -20,10 +20,8 @@ from pipelines.training.run import loop as loop_module
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
-from tests.test_guarantees import wait_for_progress
-from tests.test_train import tiny_config, token_dir  # noqa: F401  (token_dir: a fixture)
+from tests.runs import ROOT, children, tiny_config, trainer_command, wait_for_progress
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "model.vocab_size": 512, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
     "data.batch_size": 4, "schedule.warmup_steps": 2, "log_every": 1, "eval.every": 4, "eval.windows": 4,
@@ -46,8 +44,7 @@ def text_dir(tmp_path: Path) -> Path:
 
 
 def command(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--nproc", "2",
-            "--data.path", str(data), "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in SETTINGS.items()], *extra]
+    return trainer_command(data, run_dir, SETTINGS, "--nproc", "2", *extra)
 
 
 def environment(cache: Path) -> dict[str, str]:
@@ -150,19 +147,6 @@ def test_killing_the_launcher_stops_its_workers_and_frees_the_run_directory(text
     summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
     assert summary["status"] == "interrupted"  # they stopped as for a SIGTERM: at one step, with a checkpoint
     assert read_train_state(checkpoint_path(run_dir))["step"] == summary["step"] > 0
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, so read after ')'.
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def alive(pid: int) -> bool:

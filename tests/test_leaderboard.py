@@ -28,7 +28,7 @@ from pipelines.training.config.config import resolve_config
 from pipelines.training.config.optimizer import make_schedule
 from pipelines.training.data.prepare import find_split
 from pipelines.training.config.presets import LEADERBOARD_TARGET, PRESETS
-from tests.test_download import Server, cut, files_under, handler_for, refused_url  # noqa: F401  (fixture)
+from tests.test_download import Server, cut, files_under, handler_for
 
 OWT_TRAIN = b"".join(f"Web page {i}.{' Some words here.' * (i % 41)}\n<|endoftext|>\n".encode() for i in range(20_000))
 OWT_VALID = b"".join(f"Valid page {i}.\n<|endoftext|>\n".encode() for i in range(300))

@@ -22,17 +22,9 @@ from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 from pipelines.training.data.prepare import SPECIAL_TOKENS, TrainingData, file_key, with_run_tokenizer
 from pipelines.training.storage.run_dir import TOKENIZER_DIR, checkpoint_path
+from tests.inputs import EOT
 
 ROOT = Path(__file__).resolve().parent.parent
-EOT = "<|endoftext|>"
-STORY = "Once upon a time there was a fox. The fox liked to run in the big green wood.\n"
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "in.txt"
-    path.write_text((STORY + EOT + "\n") * 40, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

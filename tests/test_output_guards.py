@@ -13,16 +13,8 @@ import pytest
 
 from pipelines.tokenizer import encode, train
 from pipelines.tokenizer.store import load_tokenizer
+from tests.inputs import EOT
 
-EOT = "<|endoftext|>"
-STORY = "Once upon a time there was a fox. The fox liked to run in the big green wood.\n"
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "in.txt"
-    path.write_text((STORY + EOT + "\n") * 40, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -6,13 +6,10 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 import torch
 
-from core.tokenizer import Tokenizer
-from pipelines.tokenizer.store import save_tokenizer
 from pipelines.training.cli import main
 from pipelines.training.config.config import resolve_config
 from pipelines.training.run import start as start_module
@@ -30,20 +27,8 @@ TINY = {
 }
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """train.npy / valid.npy and the byte tokenizer beside them, so a completed run writes samples."""
-    pattern = np.random.default_rng(0).integers(0, 256, 24)
-    directory = tmp_path / "data"
-    directory.mkdir()
-    np.save(directory / "train.npy", np.tile(pattern, 100).astype(np.uint16))
-    np.save(directory / "valid.npy", np.tile(pattern, 10).astype(np.uint16))
-    save_tokenizer(Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"]), directory / "tokenizer")
-    return directory
-
-
-def arguments(data_dir: Path, run_dir: Path, **settings) -> list[str]:
-    values = TINY | {"data.path": str(data_dir), "run_dir": str(run_dir)} | settings
+def arguments(byte_data_dir: Path, run_dir: Path, **settings) -> list[str]:
+    values = TINY | {"data.path": str(byte_data_dir), "run_dir": str(run_dir)} | settings
     return ["tinystories", "--preset", "cpu-small", *[f"--set={name}={value}" for name, value in values.items()]]
 
 
@@ -51,9 +36,9 @@ def files_of(run_dir: Path) -> dict[str, tuple[int, bytes]]:
     return {str(path.relative_to(run_dir)): (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(run_dir.rglob("*")) if path.is_file()}
 
 
-def test_final_is_the_last_checkpoint_under_a_second_name_and_a_finished_run_resumes_to_nothing(data_dir, tmp_path, monkeypatch, capsys):
+def test_final_is_the_last_checkpoint_under_a_second_name_and_a_finished_run_resumes_to_nothing(byte_data_dir, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    assert main(arguments(data_dir, run_dir)) == 0
+    assert main(arguments(byte_data_dir, run_dir)) == 0
     last, final = checkpoint_path(run_dir), checkpoint_path(run_dir, FINAL)
     assert os.path.samefile(last, final) and read_train_state(final)["step"] == 6  # one file on disk, loadable by either name
     assert (run_dir / "samples.txt").read_text().strip()
@@ -64,12 +49,12 @@ def test_final_is_the_last_checkpoint_under_a_second_name_and_a_finished_run_res
 
     monkeypatch.setattr(start_module, "open_training_data", no_data)
     capsys.readouterr()
-    assert main([*arguments(data_dir, run_dir), "--resume"]) == 0
+    assert main([*arguments(byte_data_dir, run_dir), "--resume"]) == 0
     assert f"{run_dir} is complete (step 6 of max_steps 6); nothing to do" in capsys.readouterr().err
     assert files_of(run_dir) == before  # no samples, summary, metrics or checkpoint rewritten
 
     monkeypatch.undo()  # more steps: the run goes on, and final.pt follows the new last checkpoint
-    assert main([*arguments(data_dir, run_dir, max_steps=8), "--resume"]) == 0
+    assert main([*arguments(byte_data_dir, run_dir, max_steps=8), "--resume"]) == 0
     assert os.path.samefile(last, final) and read_train_state(final)["step"] == 8
 
 
@@ -77,7 +62,7 @@ def named_step(message: str) -> int:
     return int(re.search(r"at step (\d+)", message).group(1))
 
 
-def test_a_run_that_diverges_names_one_step_everywhere(data_dir, tmp_path, monkeypatch):
+def test_a_run_that_diverges_names_one_step_everywhere(byte_data_dir, tmp_path, monkeypatch):
     original = start_module.make_train_step
 
     def failing_from_step_5(*args, **kwargs):
@@ -92,14 +77,14 @@ def test_a_run_that_diverges_names_one_step_everywhere(data_dir, tmp_path, monke
 
     monkeypatch.setattr(start_module, "make_train_step", failing_from_step_5)
     run_dir = tmp_path / "run"
-    assert main(arguments(data_dir, run_dir)) == 1
+    assert main(arguments(byte_data_dir, run_dir)) == 1
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["status"] == "diverged" and named_step(summary["message"]) == summary["step"] == 5
     assert read_metrics(run_dir)[-1]["step"] == 5 and read_metrics(run_dir)[-1]["event"] == "diverged"
 
 
-def test_a_variant_that_diverges_names_one_step_everywhere(data_dir, tmp_path):
-    fixed = TINY | {"data.path": str(data_dir), "optim.max_grad_norm": 1e30, "schedule.warmup_steps": 0, "sample.count": 0}
+def test_a_variant_that_diverges_names_one_step_everywhere(byte_data_dir, tmp_path):
+    fixed = TINY | {"data.path": str(byte_data_dir), "optim.max_grad_norm": 1e30, "schedule.warmup_steps": 0, "sample.count": 0}
     configs = [resolve_config("tinystories", "cpu-small", fixed | {"run_dir": str(tmp_path / name), "schedule.lr": lr})
                for name, lr in (("ok", 1e-3), ("boom", 1e6))]
     assert train_variants(configs) == [(tmp_path / "ok", "completed"), (tmp_path / "boom", "diverged")]

@@ -7,28 +7,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 
 from core.errors import UsageError
 from pipelines.training.cli import main
-from pipelines.training.config.config import resolve_config
 from pipelines.training.run import start as start_module
 from pipelines.training.run.loop import train
 from pipelines.training.storage.metrics import MetricsLog, cut_metrics, read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, FINAL, METRICS_FILE, SUMMARY_FILE, checkpoint_path, remove_if_unstarted
+from tests.inputs import EOT, STORY
+from tests.runs import ROOT, TINY, tiny_config, trainer_command
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "model.vocab_size": 32, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
-    "data.batch_size": 8, "schedule.warmup_steps": 2, "log_every": 5, "eval.every": 10, "eval.windows": 8,
-    "checkpoint_every": 10, "sample.count": 0,
-}
 TEXT_FLAGS = ["--model.vocab_size", "300", "--model.context_length", "16", "--model.d_model", "32", "--model.num_layers", "1",
               "--model.num_heads", "2", "--data.batch_size", "4", "--eval.windows", "4", "--sample.count", "0", "--max_steps", "2"]
 
@@ -36,20 +29,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def token_dir(tmp_path: Path) -> Path:
-    pattern = np.random.default_rng(0).integers(0, 32, 24)
-    directory = tmp_path / "data"
-    directory.mkdir()
-    np.save(directory / "train.npy", np.tile(pattern, 200).astype(np.uint16))
-    np.save(directory / "valid.npy", np.tile(pattern, 20).astype(np.uint16))
-    return directory
-
-
-@pytest.fixture
 def text_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "text"
     directory.mkdir()
-    story = "Once upon a time there was a fox. The fox liked to run in the big green wood.\n<|endoftext|>\n"
+    story = STORY + EOT + "\n"
     (directory / "train.txt").write_text(story * 60, encoding="utf-8")
     (directory / "valid.txt").write_text(story * 10, encoding="utf-8")
     return directory
@@ -59,10 +42,6 @@ def text_dir(tmp_path: Path) -> Path:
 def cache(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def tiny_config(token_dir: Path, run_dir: Path, **overrides):
-    return resolve_config("tinystories", "cpu-small", {**TINY, "data.path": str(token_dir), "run_dir": str(run_dir), **overrides})
 
 
 def one_error_line(capsys) -> str:
@@ -85,7 +64,7 @@ def test_a_start_that_fails_after_taking_the_run_directory_removes_it(token_dir,
         raise UsageError("refused while building the step")
     monkeypatch.setattr(start_module, "make_train_step", refused)
     with pytest.raises(UsageError, match="refused while building the step"):
-        train(tiny_config(token_dir, tmp_path / "run", max_steps=2))
+        train(tiny_config(token_dir, tmp_path / "run", {"max_steps": 2}))
     assert not (tmp_path / "run").exists()
 
 
@@ -106,14 +85,14 @@ def test_only_a_run_directory_holding_nothing_of_a_run_is_removed(tmp_path):
 
 def test_resuming_cuts_the_rows_a_killed_run_logged_after_its_last_checkpoint(token_dir, tmp_path):
     run_dir = tmp_path / "run"
-    train(tiny_config(token_dir, run_dir, max_steps=10))
+    train(tiny_config(token_dir, run_dir, {"max_steps": 10}))
     at_ten = checkpoint_path(run_dir).read_bytes()
-    train(tiny_config(token_dir, run_dir, max_steps=18), resume=True)  # logs 15 and 18
+    train(tiny_config(token_dir, run_dir, {"max_steps": 18}), resume=True)  # logs 15 and 18
     # As if killed at step 18, after logging step 15 and before the checkpoint of step 20:
     checkpoint_path(run_dir).write_bytes(at_ten)
     for name in (checkpoint_path(run_dir, FINAL), run_dir / SUMMARY_FILE):
         name.unlink()
-    train(tiny_config(token_dir, run_dir, max_steps=20), resume=True)
+    train(tiny_config(token_dir, run_dir, {"max_steps": 20}), resume=True)
     rows = [orjson.loads(line) for line in (run_dir / METRICS_FILE).read_bytes().splitlines()]
     assert [row["step"] for row in rows if "train_loss" in row] == [5, 10, 15, 20]
     assert [row["step"] for row in rows if "val_loss" in row] == [10, 20]
@@ -151,9 +130,7 @@ def test_an_edited_run_tokenizer_is_named_by_its_folder_on_resume(text_dir, cach
 @pytest.mark.slow
 def test_kill_9_at_random_moments_and_resume_never_repeats_a_step_in_the_metrics(token_dir, tmp_path):
     run_dir = tmp_path / "run"
-    flags = [f"--set={key}={value}" for key, value in {**TINY, "log_every": 1, "eval.every": 3, "checkpoint_every": 7}.items()]
-    base = [sys.executable, "-m", "pipelines.training.cli", "--preset", "cpu-small", "--data.path", str(token_dir),
-            "--run_dir", str(run_dir), "--max_steps", "60", *flags]
+    base = trainer_command(token_dir, run_dir, {**TINY, "log_every": 1, "eval.every": 3, "checkpoint_every": 7}, "--max_steps", "60")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for attempt in range(4):
         command = base + (["--resume"] if checkpoint_path(run_dir).exists() else [])

@@ -11,8 +11,8 @@ from core.tokenizer import Tokenizer
 from pipelines.tokenizer.encode import encode_file, main
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
+from tests.inputs import EOT
 
-EOT = "<|endoftext|>"
 
 
 def make_text(documents: int, separator: str, seed: int = 0) -> str:

@@ -13,8 +13,8 @@ from conftest import shared_path
 from core.tokenizer import Tokenizer, format_merges, parse_merges
 from pipelines.tokenizer.store import load_tokenizer, save_tokenizer
 from pipelines.tokenizer.train import train_bpe
+from tests.inputs import EOT
 
-EOT = "<|endoftext|>"
 FIXTURE_TEXTS = ["tinystories_sample.txt", "address.txt", "german.txt", "corpus.en"]
 
 

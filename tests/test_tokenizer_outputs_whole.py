@@ -17,10 +17,10 @@ import pytest
 
 from pipelines.tokenizer.encode import read_record
 from pipelines.tokenizer.store import load_tokenizer
+from tests.inputs import EOT, STORY
+from tests.commands import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
-EOT = "<|endoftext|>"
-STORY = "Once upon a time there was a fox. The fox liked to run in the big green wood.\n"
 
 # Runs a tokenizer command's main(argv) with a pause after a chosen point, announced on stdout,
 # so that the test kills it (SIGKILL, as kill -9) exactly there.
@@ -77,21 +77,6 @@ def killed_at(command: str, pause_at: str, *argv: str) -> int:
         child.wait()
         child.stdout.close()
     return child.pid
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "in.txt"
-    path.write_text((STORY + EOT + "\n") * 40, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import time
 import urllib.error
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 import torch
@@ -34,29 +33,7 @@ from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.config.presets import preset_for_device
 from pipelines.training.storage.run_dir import checkpoint_path
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "model.vocab_size": 32, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
-    "data.batch_size": 8, "schedule.warmup_steps": 2, "log_every": 5, "eval.every": 10, "eval.windows": 8,
-    "checkpoint_every": 10, "sample.count": 0,
-}
-
-
-@pytest.fixture
-def token_dir(tmp_path: Path) -> Path:
-    """train.npy / valid.npy: a repeating 24-token pattern, so the next token is learnable."""
-    pattern = np.random.default_rng(0).integers(0, 32, 24)
-    directory = tmp_path / "data"
-    directory.mkdir()
-    np.save(directory / "train.npy", np.tile(pattern, 200).astype(np.uint16))
-    np.save(directory / "valid.npy", np.tile(pattern, 20).astype(np.uint16))
-    return directory
-
-
-def tiny_config(token_dir: Path, run_dir: Path, overrides: dict | None = None) -> TrainConfig:
-    return resolve_config("tinystories", "cpu-small", {**TINY, "data.path": str(token_dir), "run_dir": str(run_dir), **(overrides or {})})
-
+from tests.runs import ROOT, TINY, tiny_config
 
 def saved_state(run_dir: Path, config: TrainConfig) -> TrainState:
     return load_train_state(read_train_state(checkpoint_path(run_dir)), config.model, make_optimizer(config))

@@ -16,8 +16,8 @@ from core.pretokenize import count_pretokens
 from pipelines.tokenizer.files import cut_points, read_pieces
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import main, train_bpe, train_tokenizer
+from tests.inputs import EOT
 
-EOT = "<|endoftext|>"
 
 
 def reference_merges() -> list[tuple[bytes, bytes]]:

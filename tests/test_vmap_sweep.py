@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 import torch
@@ -22,13 +21,11 @@ from core.config import ModelConfig
 from core.optim import adamw, apply_updates, chain, clip_by_global_norm, decay_matrices
 from core.schedule import stack_schedules, warmup_cosine, warmup_stable_decay
 from core.stack import stack_trees, unstack_tree, variant_values
-from core.tokenizer import Tokenizer
 from core.tree import tree_leaves, tree_leaves_by_path, tree_map
 from params.init import init_params
 from pipelines.experiments import sweep as sweep_module
 from pipelines.experiments.sweep import Variant, main, make_variants, resolve_variant
 from pipelines.generate import load_run
-from pipelines.tokenizer.store import save_tokenizer
 from pipelines.training.storage.checkpoint import load_train_state, read_train_state
 from pipelines.training.run.loop import train
 from pipelines.training.storage.metrics import read_metrics
@@ -55,20 +52,8 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """train.npy / valid.npy (a repeating pattern, so the loss falls) and a byte tokenizer beside them."""
-    pattern = np.random.default_rng(0).integers(0, 256, 24)
-    directory = tmp_path / "data"
-    directory.mkdir()
-    np.save(directory / "train.npy", np.tile(pattern, 200).astype(np.uint16))
-    np.save(directory / "valid.npy", np.tile(pattern, 20).astype(np.uint16))
-    save_tokenizer(Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"]), directory / "tokenizer")
-    return directory
-
-
-def sweep_args(out: Path, data_dir: Path, variants: list[str], settings: dict) -> list[str]:
-    args = ["tinystories/cpu-small", "--out", str(out), "--set", f"data.path={data_dir}"]
+def sweep_args(out: Path, byte_data_dir: Path, variants: list[str], settings: dict) -> list[str]:
+    args = ["tinystories/cpu-small", "--out", str(out), "--set", f"data.path={byte_data_dir}"]
     args += [item for name, value in settings.items() for item in ("--set", f"{name}={value}")]
     return args + [item for spec in variants for item in ("--variant", spec)]
 
@@ -134,13 +119,13 @@ def test_stack_trees_keeps_shared_counts_and_refuses_different_ones():
 # Whole sweeps
 
 
-def test_vmapped_sweep_equals_sequential_runs_with_one_diverging(tmp_path, data_dir):
+def test_vmapped_sweep_equals_sequential_runs_with_one_diverging(tmp_path, byte_data_dir):
     out = tmp_path / "vmap"
-    main([*sweep_args(out, data_dir, VARIANTS, TINY), "--vmap", "--threads", "1"])
+    main([*sweep_args(out, byte_data_dir, VARIANTS, TINY), "--vmap", "--threads", "1"])
     rows = {row["name"]: row for row in orjson.loads((out / "summary.json").read_bytes())}
     assert {name: row["status"] for name, row in rows.items()} == {"a": "completed", "b": "completed", "c": "completed", "d": "completed", "boom": "diverged"}
 
-    fixed = {k: v for k, v in TINY.items()} | {"data.path": str(data_dir)}
+    fixed = {k: v for k, v in TINY.items()} | {"data.path": str(byte_data_dir)}
     for variant in make_variants([], VARIANTS):
         alone = train(resolve_variant("tinystories/cpu-small", fixed, variant, tmp_path / "alone" / variant.name))
         assert_same_run(out / variant.name, alone)
@@ -178,12 +163,12 @@ def assert_same_run(ours: Path, alone: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigint_stops_the_group_with_checkpoints_and_the_sweep_resumes_it(tmp_path, data_dir):
+def test_sigint_stops_the_group_with_checkpoints_and_the_sweep_resumes_it(tmp_path, byte_data_dir):
     out = tmp_path / "sweep"
     # The schedule is pinned (decay_steps), so that the resumed call can end sooner than the first.
     settings = TINY | {"max_steps": 1_000_000, "log_every": 1, "checkpoint_every": 1_000_000, "schedule.decay_steps": 40, "sample.count": 0}
     variants = VARIANTS[:2]
-    command = [sys.executable, "-m", "pipelines.experiments.sweep", *sweep_args(out, data_dir, variants, settings), "--vmap", "--threads", "1"]
+    command = [sys.executable, "-m", "pipelines.experiments.sweep", *sweep_args(out, byte_data_dir, variants, settings), "--vmap", "--threads", "1"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
     metrics = out / "b" / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -200,8 +185,8 @@ def test_sigint_stops_the_group_with_checkpoints_and_the_sweep_resumes_it(tmp_pa
 
     # The next call resumes both as one group; they end as the same group trained without a stop.
     resumed = settings | {"max_steps": stopped + 4}
-    main([*sweep_args(out, data_dir, variants, resumed), "--vmap", "--threads", "1"])
-    main([*sweep_args(tmp_path / "straight", data_dir, variants, resumed), "--vmap", "--threads", "1"])
+    main([*sweep_args(out, byte_data_dir, variants, resumed), "--vmap", "--threads", "1"])
+    main([*sweep_args(tmp_path / "straight", byte_data_dir, variants, resumed), "--vmap", "--threads", "1"])
     for name in ("a", "b"):
         assert orjson.loads((out / name / "summary.json").read_bytes())["status"] == "completed"
         steps = [r["step"] for r in read_metrics(out / name) if "train_loss" in r]
@@ -211,10 +196,10 @@ def test_sigint_stops_the_group_with_checkpoints_and_the_sweep_resumes_it(tmp_pa
             torch.testing.assert_close(saved["params"][key], leaf, rtol=1e-5, atol=1e-6)
 
 
-def test_variants_of_other_shapes_fall_back_to_one_by_one(tmp_path, data_dir, monkeypatch, capsys):
+def test_variants_of_other_shapes_fall_back_to_one_by_one(tmp_path, byte_data_dir, monkeypatch, capsys):
     trained = []
     monkeypatch.setattr(sweep_module, "run_variant", lambda config, *rest: trained.append(config.model.d_model) or "completed")
-    main([*sweep_args(tmp_path / "sweep", data_dir, ["model.d_model=16", "model.d_model=32"], TINY | {"max_steps": 2}), "--vmap"])
+    main([*sweep_args(tmp_path / "sweep", byte_data_dir, ["model.d_model=16", "model.d_model=32"], TINY | {"max_steps": 2}), "--vmap"])
     assert trained == [16, 32]
     notice = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--vmap:")]
     assert notice == ["--vmap: the variants differ in model.d_model, which cannot be stacked (shapes or the shared loop); "
