@@ -230,7 +230,7 @@ def test_offline_the_error_is_one_line_naming_the_files_and_where(refused_url, t
         message = str(error.value)
         assert "\n" not in message and "--data.path" in message
         assert TRAIN_NAME in message and VALID_NAME in message
-        assert str(dl.tinystories_folder(tmp_path / "data", train_mb)) + "/" in message
+        assert str(dl.size_folder(tmp_path / "data", train_mb)) + "/" in message
     assert dl.train_name(64) in message
 
 

@@ -157,7 +157,7 @@ def test_owt_offline_the_error_is_one_line_naming_the_files_and_where(refused_ur
         message = str(error.value)
         assert "\n" not in message and "--data.path" in message
         assert "owt_train.txt" in message and "owt_valid.txt" in message
-        assert str(dl.tinystories_folder(tmp_path / "owt", train_mb)) + "/" in message
+        assert str(dl.size_folder(tmp_path / "owt", train_mb)) + "/" in message
     assert "owt_train.first16MB.txt" in message
     assert not any(p.suffix in (".txt", ".gz", ".part") for p in files_under(tmp_path))  # nothing half-fetched
     with pytest.raises(ValueError, match="no download known"):

@@ -52,8 +52,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LMKIT_CACHE", "cache")).resolve()
 
 
-def tinystories_folder(dest: Path, train_mb: int | None = None) -> Path:
-    """The folder under `dest` for one train size: `full/` or `first{train_mb}MB/`."""
+def size_folder(dest: Path, train_mb: int | None = None) -> Path:
+    """The folder under `dest` for one train size of a dataset: `full/` or `first{train_mb}MB/`."""
     return dest / ("full" if train_mb is None else f"first{train_mb}MB")
 
 
@@ -66,28 +66,16 @@ def fetch_tinystories(dest: Path, train_mb: int | None = None) -> Path:
     """The folder holding TinyStories-V2 valid in full and train in full (`train_mb=None`) or its
     first `train_mb` MiB cut after a story; what is missing is fetched. A complete full copy already
     under `dest` is used without the network. Offline, fails naming the files to put where."""
-    _check_train_mb(train_mb)
-    if train_mb is None and all((dest / name).is_file() for name in TINYSTORIES_FILES.values()):
-        return dest  # the layout before per-size folders: both full files straight in `dest`
-    folder = tinystories_folder(dest, train_mb)
-    wanted = [  # (name here, upstream name, bytes of it wanted)
-        (train_name(train_mb), TINYSTORIES_FILES["train"], None if train_mb is None else train_mb * MB),
-        (TINYSTORIES_FILES["valid"], TINYSTORIES_FILES["valid"], None),
-    ]
-    for name, source, max_bytes in wanted:
-        target = folder / name
-        if target.exists():
-            continue
-        if (local := _full_copy(dest, source)) is not None:
-            _produce(target, max_bytes, lambda partial: _copy(local, partial, max_bytes))
-            continue
+
+    def fetch(source: str, target: Path, max_bytes: int | None) -> None:
         url = TINYSTORIES_URL + source
         try:
             # A full file is fetched as download(url, target): callers that stub download keep working.
             download(url, target) if max_bytes is None else download(url, target, max_bytes=max_bytes)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise UsageError(_offline_message(url, error, dest, train_mb)) from error
-    return folder
+
+    return _fetch_missing(dest, train_mb, TINYSTORIES_FILES, fetch)
 
 
 def fetch_owt(dest: Path, train_mb: int | None = None) -> Path:
@@ -95,21 +83,8 @@ def fetch_owt(dest: Path, train_mb: int | None = None) -> Path:
     first `train_mb` MiB cut after a document, as `fetch_tinystories` does for TinyStories; each
     file is downloaded gzipped (resumably) and unpacked. Unpacked full files already under `dest`
     are used without the network. Offline, fails naming the files to put where."""
-    _check_train_mb(train_mb)
-    if train_mb is None and all((dest / name).is_file() for name in OWT_FILES.values()):
-        return dest
-    folder = tinystories_folder(dest, train_mb)
-    wanted = [  # (name here, upstream name, bytes of it wanted)
-        (prefix_name(OWT_FILES["train"], train_mb), OWT_FILES["train"], None if train_mb is None else train_mb * MB),
-        (OWT_FILES["valid"], OWT_FILES["valid"], None),
-    ]
-    for name, source, max_bytes in wanted:
-        target = folder / name
-        if target.exists():
-            continue
-        if (local := _full_copy(dest, source)) is not None:
-            _produce(target, max_bytes, lambda partial: _copy(local, partial, max_bytes))
-            continue
+
+    def fetch(source: str, target: Path, max_bytes: int | None) -> None:
         url = OWT_URL + source + ".gz"
         gz_dir = dest / GZ_DIR
         full_gz = gz_dir / (source + ".gz")
@@ -127,6 +102,30 @@ def fetch_owt(dest: Path, train_mb: int | None = None) -> Path:
             gz.unlink(missing_ok=True)  # the compressed prefix served its one purpose
         elif max_bytes is None:
             gz.unlink(missing_ok=True)  # unpacked in full: the text is what the trainer reads
+
+    return _fetch_missing(dest, train_mb, OWT_FILES, fetch)
+
+
+def _fetch_missing(dest: Path, train_mb: int | None, files: dict[str, str], fetch: Callable[[str, Path, int | None], None]) -> Path:
+    """The folder of one dataset's train file (whole, or its first `train_mb` MiB) and valid file
+    under `dest`. A file already there is kept; a missing one is cut from a full copy under `dest`
+    when there is one, else fetched by `fetch(upstream name, target, bytes wanted or None)`."""
+    _check_train_mb(train_mb)
+    if train_mb is None and all((dest / name).is_file() for name in files.values()):
+        return dest  # the layout before per-size folders: both full files straight in `dest`
+    folder = size_folder(dest, train_mb)
+    wanted = [  # (name here, upstream name, bytes of it wanted)
+        (prefix_name(files["train"], train_mb), files["train"], None if train_mb is None else train_mb * MB),
+        (files["valid"], files["valid"], None),
+    ]
+    for name, source, max_bytes in wanted:
+        target = folder / name
+        if target.exists():
+            continue
+        if (local := _full_copy(dest, source)) is not None:
+            _produce(target, max_bytes, lambda partial: _copy(local, partial, max_bytes))
+        else:
+            fetch(source, target, max_bytes)
     return folder
 
 
@@ -318,7 +317,7 @@ def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int |
                      files: dict[str, str] = TINYSTORIES_FILES, unpacked: bool = False) -> str:
     """One line: what failed, and which files (`files`' train and valid) to put where instead."""
     hint = local_sample_hint(files["train"])
-    full, valid, folder = files["train"], files["valid"], tinystories_folder(dest, train_mb)
+    full, valid, folder = files["train"], files["valid"], size_folder(dest, train_mb)
     packed = " (unpacked from their .gz)" if unpacked else ""
     if train_mb is None:
         what = f"put {full} and {valid}{packed} into {folder}/"
@@ -326,7 +325,7 @@ def _offline_message(url: str, error: BaseException, dest: Path, train_mb: int |
         what = (
             f"put {prefix_name(full, train_mb)} (the first {train_mb} MiB of {full}, cut after its last "
             f"{DOCUMENT_END.decode()}) and {valid}{packed} into {folder}/, "
-            f"or {full} into {tinystories_folder(dest)}/ to cut it from"
+            f"or {full} into {size_folder(dest)}/ to cut it from"
         )
     return (
         f"could not download {url} ({error}). Without a network, {what}, or pass --data.path DIR with "
