@@ -48,6 +48,8 @@ class Side:
 
     def __init__(self, label: str, root: Path, spec: dict) -> None:
         env = {**os.environ, "PYTHONPATH": str(root), **(KEEP_FREED_MEMORY if spec["bench"] == "sweep" else {})}
+        slow = " (compiling: a minute or more)" if spec.get("compile") else ""
+        print(f"{label}: building and warming up its variants{slow}", file=sys.stderr, flush=True)
         self.label = label
         self.errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker never blocks on it
         self.process = subprocess.Popen(
@@ -88,11 +90,13 @@ def export(revision: str, into: Path) -> str:
 def measure(sides: list[Side], names: list[str], repeats: int) -> dict[tuple[str, str], float]:
     """Median seconds per call of each (side label, variant), the sides taking turns call by call."""
     samples: dict[tuple[str, str], list[float]] = {}
-    for _ in range(repeats):
+    for round_index in range(repeats):
+        print(f"round {round_index + 1} of {repeats}", end="\r", file=sys.stderr, flush=True)
         for name in names:
             for side in sides:
                 time.sleep(SETTLE_S)
                 samples.setdefault((side.label, name), []).append(side.call(name))
+    print(" " * 20, end="\r", file=sys.stderr, flush=True)
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
