@@ -35,12 +35,14 @@ from bench.common import bench_parser, print_table
 from core.errors import UsageError
 from pipelines.command import command
 from pipelines.flags import CommandParser, integer
+from pipelines.training.hardware.malloc import MMAP_THRESHOLD_MAX, TRIM_THRESHOLD_KEPT
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "bench" / "commit_worker.py"
 SETTLE_S = 0.02  # between calls: the idle side's torch threads stop spinning before the other starts
-# glibc's settings for keeping freed memory (pipelines/training/hardware/malloc.py), as `bench sweep` sets them
-KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 25)}
+# glibc's settings for keeping freed memory, as `bench sweep` sets them, through the environment: the side's
+# own code may keep the function elsewhere
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_KEPT), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_MAX)}
 
 
 class Side:
@@ -58,16 +60,26 @@ class Side:
         )
         ready = self.process.stdout.readline()
         if not ready:
-            self.process.wait()
-            self.errors.seek(0)
-            lines = self.errors.read().strip().splitlines()
-            raise UsageError(f"{label}: its bench {spec['bench']} could not be built: {lines[-1] if lines else 'no output'}")
+            raise UsageError(f"{label}: its bench {spec['bench']} could not be built: {self._last_error()}")
         self.names: list[str] = json.loads(ready)
 
     def call(self, name: str) -> float:
-        self.process.stdin.write(name + "\n")
-        self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        try:
+            self.process.stdin.write(name + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker has ended: the empty answer below says so
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise UsageError(f"{self.label}: its worker stopped while running {name!r}: {self._last_error()}")
+        return float(answer)
+
+    def _last_error(self) -> str:
+        """The last line the ended worker wrote to stderr."""
+        self.process.wait()
+        self.errors.seek(0)
+        lines = self.errors.read().strip().splitlines()
+        return lines[-1] if lines else f"no output, exit status {self.process.returncode}"
 
     def close(self) -> None:
         if self.process.poll() is None:

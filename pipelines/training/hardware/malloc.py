@@ -17,6 +17,7 @@ import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 1 << 25  # the largest glibc accepts on 64-bit systems (32 MiB)
+TRIM_THRESHOLD_KEPT = 1 << 30  # free heap top kept before glibc trims it (1 GiB)
 
 
 def keep_freed_memory() -> bool:
@@ -29,4 +30,4 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
+    return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_KEPT)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
