@@ -18,6 +18,7 @@ import pytest
 from pipelines.training.cli import main
 from pipelines.training.run import loop as loop_module
 from pipelines.training.storage.checkpoint import read_train_state
+from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
 from tests.runs import ROOT, children, tiny_config, trainer_command, wait_for_progress
@@ -64,7 +65,7 @@ def check_started_and_completed(result: subprocess.CompletedProcess, run_dir: Pa
     assert read_train_state(checkpoint_path(run_dir, "final.pt"))["step"] == 4
 
 
-def test_nproc_2_starts_on_a_fresh_run_directory_with_text_data_and_only_the_main_process_speaks(text_dir, tmp_path):
+def test_nproc_2_starts_on_a_fresh_run_directory_with_text_data_only_the_main_process_speaks_and_it_resumes(text_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = start_fresh(text_dir, run_dir, tmp_path / "cache")
     check_started_and_completed(result, run_dir)
@@ -72,6 +73,13 @@ def test_nproc_2_starts_on_a_fresh_run_directory_with_text_data_and_only_the_mai
     assert result.stderr.count("note: the tokenizer has") == 1  # each process reads the tokenizer; one speaks
     assert result.stderr.count(f"training {run_dir} on cpu x 2 processes") == 1
     assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
+
+    resumed = subprocess.run([sys.executable, "-m", "pipelines.training.cli", "--nproc", "2", "--resume", "--run_dir", str(run_dir),
+                              "--max_steps", "8"], cwd=ROOT, env=environment(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"] == "completed"
+    assert read_train_state(checkpoint_path(run_dir, "final.pt"))["step"] == 8
+    assert [row["step"] for row in read_metrics(run_dir) if "train_loss" in row] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.slow

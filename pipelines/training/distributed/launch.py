@@ -52,7 +52,9 @@ def launch(config: TrainConfig, nproc: int, *, resume: bool) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="lmkit-launch-"))
     try:
         (scratch / "config.json").write_bytes(orjson.dumps(config.to_dict()))
-        worker_argv = [config.dataset, "--config", str(scratch / "config.json"), *(["--resume"] if resume else [])]
+        # --run_dir too: a resume names its run directory on the command line (the config file holds it as well)
+        worker_argv = [config.dataset, "--config", str(scratch / "config.json"), "--run_dir", str(config.run_dir),
+                       *(["--resume"] if resume else [])]
         # What the workers inherit: torchrun passes this process's environment on.
         with _environment({"OMP_NUM_THREADS": str(threads), LAUNCHER_PID: str(os.getpid()), LAUNCH_SCRATCH: str(scratch)}):
             return _run_agent(nproc, worker_argv, scratch / "logs")
