@@ -9,3 +9,10 @@ code that catches bad values (the reference suite, research scripts) catches it 
 
 class UsageError(ValueError):
     """A refusal of bad input, printed by commands as one line without a traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    refusal quotes of a library's error about a file, which can run to many lines."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

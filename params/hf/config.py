@@ -91,8 +91,13 @@ def import_refusal(values: dict[str, Any]) -> str | None:
     return _rope_refusal(values)
 
 
+def _rope(values: dict[str, Any]) -> Any:
+    """The RoPE settings: transformers 5's rope_parameters, else 4.x's rope_scaling."""
+    return values.get("rope_parameters") or values.get("rope_scaling") or {}
+
+
 def _rope_refusal(values: dict[str, Any]) -> str | None:
-    rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
+    rope = _rope(values)
     if not isinstance(rope, dict) or any(isinstance(v, dict) for v in rope.values()):
         return f"rope_parameters {rope!r}: only one plain RoPE for every layer is supported"
     kind = rope.get("rope_type", rope.get("type", "default"))
@@ -114,7 +119,7 @@ def model_config_from_llama(values: dict[str, Any], source: str) -> ModelConfig:
     missing = [name for name in required if name not in values]
     if missing:
         raise UsageError(f"{source}: missing {', '.join(missing)}")
-    rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
+    rope = _rope(values)
     try:
         return ModelConfig(
             vocab_size=values["vocab_size"],

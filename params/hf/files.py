@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.errors import UsageError
+from core.errors import UsageError, first_line
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -78,19 +78,14 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return safetensors_torch.load_file(str(path), device="cpu")
     except Exception as error:  # SafetensorError, OSError: a truncated or foreign file, one story
-        raise UsageError(f"{path} could not be read as safetensors: {_first_line(error)}") from None
+        raise UsageError(f"{path} could not be read as safetensors: {first_line(error)}") from None
 
 
 def _read_pickle(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, disallowed pickle: all one story
-        raise UsageError(f"{path} could not be read (weights_only=True): {_first_line(error)}") from None
+        raise UsageError(f"{path} could not be read (weights_only=True): {first_line(error)}") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise UsageError(f"{path} does not hold a state dict (names to tensors)")
     return state
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -23,7 +23,7 @@ from typing import IO, Any
 import torch
 
 from core.config import ModelConfig
-from core.errors import UsageError
+from core.errors import UsageError, first_line
 from core.optim import GradientTransformation
 from core.train_state import TrainState
 from core.tree import tree_from_leaves_by_path, tree_leaves_by_path
@@ -65,7 +65,7 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
         _unwrap(model).load_state_dict(strip_compiled_prefix(payload["model"]))
         optimizer.load_state_dict(payload["optimizer"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:  # a check torch adds that the ones above lack
-        raise UsageError(f"checkpoint {name}: {_first_line(error)}") from error
+        raise UsageError(f"checkpoint {name}: {first_line(error)}") from error
     return payload["iteration"]
 
 
@@ -194,12 +194,7 @@ def _reason(error: BaseException) -> str:
         if isinstance(seen, OSError) and seen.errno:
             return os.strerror(seen.errno)
         seen = seen.__cause__ or seen.__context__
-    return _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def _name(src: PathOrFile) -> str:
@@ -213,7 +208,7 @@ def _read(src: PathOrFile, kind: str) -> dict[str, Any]:
     try:
         payload = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a torch file, disallowed pickle: all one story
-        raise UsageError(f"checkpoint {name} could not be read (truncated or not a checkpoint?): {type(error).__name__}: {_first_line(error)}") from error
+        raise UsageError(f"checkpoint {name} could not be read (truncated or not a checkpoint?): {type(error).__name__}: {first_line(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UsageError(f"{name} is not an lmkit checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
