@@ -46,7 +46,8 @@ KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_KEPT), "MALLOC
 
 
 class Side:
-    """One worker: the benchmark's variants built from the files under `root`."""
+    """One worker: the benchmark's variants built from the files under `root`. Both sides' workers
+    start at once and build side by side; the timing starts when both are ready."""
 
     def __init__(self, label: str, root: Path, spec: dict) -> None:
         env = {**os.environ, "PYTHONPATH": str(root), **(KEEP_FREED_MEMORY if spec["bench"] == "sweep" else {})}
@@ -58,10 +59,15 @@ class Side:
             [sys.executable, "-P", str(WORKER), json.dumps(spec)], cwd=root, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
         )
+        self.bench = spec["bench"]
+        self.names: list[str] = []
+
+    def wait_ready(self) -> None:
+        """Until the worker has built and warmed up its variants; their names are then in `names`."""
         ready = self.process.stdout.readline()
         if not ready:
-            raise UsageError(f"{label}: its bench {spec['bench']} could not be built: {self._last_error()}")
-        self.names: list[str] = json.loads(ready)
+            raise UsageError(f"{self.label}: its bench {self.bench} could not be built: {self._last_error()}")
+        self.names = json.loads(ready)
 
     def call(self, name: str) -> float:
         try:
@@ -141,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             sides.append(Side(labels[0], Path(folder, "base"), spec))
             sides.append(Side(labels[1], Path(folder, "head") if args.head else ROOT, spec))
+            for side in sides:
+                side.wait_ready()
             names = [name for name in sides[0].names if name in sides[1].names]
             print(f"bench {args.bench} {json.dumps(spec)}: {labels[0]} against {labels[1]}, "
                   f"median of {args.repeats} calls each, the two sides in turn\n")
