@@ -66,6 +66,26 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """`path` becomes a second name of `source`'s file (one file on disk, not a copy), replacing
+    what was there at once; a copy, written as `open_atomic` writes, where the file system has no
+    hard links. A later atomic write of `source` renames a new file over it and leaves `path` as it
+    was. On an error `path` is left as it was and no temporary stays behind."""
+    source, path = Path(source), Path(path)
+    tmp = temporary_path(path)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here
+        with open(source, "rb") as reading, open_atomic(path) as writing:
+            shutil.copyfileobj(reading, writing)  # streamed: a checkpoint need not fit in memory
+        return
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)  # makes the new name durable
+
+
 @contextlib.contextmanager
 def build_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """A fresh temporary folder beside `path` to fill; when the block ends without an error, its
