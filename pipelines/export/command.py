@@ -30,7 +30,7 @@ from params.hf.weights import to_hf_state_dict
 from pipelines.export.model_card import model_card
 from pipelines.export.tokenizer_files import as_json, end_of_text_id, special_tokens_map, tokenizer_config, tokenizer_json
 from pipelines.command import command
-from pipelines.files.atomic import build_folder, remove_stale_temporaries, write_atomic
+from pipelines.files.atomic import build_folder, remove_stale_temporaries
 from pipelines.files.lock import hold
 from pipelines.flags import CommandParser
 from pipelines.generate import load_run_and_step
@@ -74,9 +74,9 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
             if lock.waited and os.path.lexists(out):
                 raise UsageError(f"--out {out} was written by another export while this one waited for it")
             remove_stale_temporaries(out.parent, of=out.name)  # a killed export's half folder
-            with build_folder(out) as folder:
+            with build_folder(out) as folder:  # fsyncs the files and renames the folder whole
                 for name, data in files.items():
-                    write_atomic(folder / name, data)
+                    (folder / name).write_bytes(data)
     except BaseException:
         for parent in made:
             with contextlib.suppress(OSError):
