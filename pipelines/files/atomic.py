@@ -1,10 +1,13 @@
 """Writing files and folders whole or not at all, and clearing what a killed writer left behind.
 
-Every file and folder the project writes goes through here. A file is written to a temporary
-beside it, flushed and fsynced, then renamed over NAME, and the folder is fsynced so that the
-rename itself survives a power cut: a crash or a full disk mid-write leaves the previous NAME
-intact, never a truncated one. A folder is built under a temporary name beside it, its files
-fsynced, then renamed into place: a folder that exists is a complete one.
+Every file and folder the project keeps and writes whole goes through here; only files written a
+piece at a time do not (a run's metrics.jsonl and logs, appended to; a download's .part, kept for
+the next run to resume). A file is written to a temporary beside it, flushed and fsynced, then
+renamed over NAME, and the folder is fsynced so that the rename itself survives a power cut: a
+crash or a full disk mid-write leaves the previous NAME intact, never a truncated one. A second
+name of a file (`link_atomic`) is a hard link made and renamed the same way. A folder is built
+under a temporary name beside it, its files fsynced, then renamed into place: a folder that exists
+is a complete one.
 
 Every temporary is named `.NAME.tmpPID-RANDOM` (`temporary_path`), unique per writer even when
 two processes with one PID (containers) or two threads write the same NAME. A `kill -9`
