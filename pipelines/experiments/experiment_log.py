@@ -167,7 +167,7 @@ def write_log(out: Path, section: str, name: str | None = None) -> None:
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text + ("\n\n" if text else "") + block + "\n"
-    write_atomic(out, text.encode("utf-8"))
+    write_atomic(out, text)
 
 
 def read_log(out: Path, name: str | None = None) -> str:
