@@ -69,6 +69,12 @@ def check_settings(max_tokens: int, temperature: float, top_p: float, seed: int,
 def load_run(run_dir: Path, checkpoint: str | Path | None, device: torch.device) -> tuple[Tree, ModelConfig, Tokenizer]:
     """The parameters (on `device`), model config and tokenizer of a run, checked to belong
     together (read_train_state checks the checkpoint itself: fields, shapes, finite weights)."""
+    params, config, tokenizer, _ = load_run_and_step(run_dir, checkpoint, device)
+    return params, config, tokenizer
+
+
+def load_run_and_step(run_dir: Path, checkpoint: str | Path | None, device: torch.device) -> tuple[Tree, ModelConfig, Tokenizer, int]:
+    """What `load_run` returns, and the step the checkpoint was saved at, from one read of it."""
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
     tokenizer_dir = run_dir / TOKENIZER_DIR
@@ -80,7 +86,7 @@ def load_run(run_dir: Path, checkpoint: str | Path | None, device: torch.device)
         raise UsageError(f"{tokenizer_dir} is not the tokenizer the checkpoint was trained with (fingerprints differ)")
     config = ModelConfig.from_dict(saved["model_config"])
     params = load_params({name: tensor.to(device) for name, tensor in saved["params"].items()}, config)
-    return params, config, tokenizer
+    return params, config, tokenizer, saved["step"]
 
 
 def sample_stories(

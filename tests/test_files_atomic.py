@@ -12,7 +12,7 @@ import pytest
 from core.errors import UsageError
 from pipelines.files import atomic
 from pipelines.files.atomic import (
-    DiskFull, build_folder, copy_folder, is_temporary, remove_stale_temporaries, temporary_path, write_atomic,
+    DiskFull, build_folder, copy_folder, is_temporary, link_atomic, remove_stale_temporaries, temporary_path, write_atomic,
 )
 from pipelines.files.lock import Busy, acquire, hold, lock_path
 
@@ -79,6 +79,31 @@ def test_a_folder_is_whole_or_absent_and_replaced_only_when_asked(tmp_path):
     copy_folder(source, target, replace=True)
     assert sorted(p.name for p in target.iterdir()) == ["c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "tok"]  # the old folder is gone too
+
+
+def test_a_link_is_a_second_name_a_copy_without_hard_links_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    source, path = tmp_path / "last.pt", tmp_path / "final.pt"
+    write_atomic(source, b"step 6")
+    write_atomic(path, b"old")
+    link_atomic(source, path)
+    assert os.path.samefile(source, path)
+    write_atomic(source, b"step 8")  # a new file under the source's name: the link keeps step 6
+    assert path.read_bytes() == b"step 6"
+
+    def refuse(*_):
+        raise OSError(errno.EPERM, "no hard links here")
+    monkeypatch.setattr(os, "link", refuse)
+    link_atomic(source, path)
+    assert path.read_bytes() == b"step 8" and not os.path.samefile(source, path)
+    monkeypatch.undo()
+
+    def fail(*_):
+        raise OSError(errno.EIO, "rename failed")
+    write_atomic(source, b"step 10")
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="rename failed"):
+        link_atomic(source, path)
+    assert path.read_bytes() == b"step 8" and sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "last.pt"]
 
 
 def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):

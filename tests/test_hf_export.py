@@ -366,19 +366,20 @@ def test_export_without_safetensors_names_the_extra(trained_run, tmp_path, monke
 
 
 def test_an_export_that_fails_midway_leaves_no_folder(trained_run, tmp_path, monkeypatch):
-    import pipelines.export.command as command
-
     written = []
+    write_bytes = Path.write_bytes
 
     def failing_write(path, data):
         written.append(Path(path).name)
         if Path(path).name == "README.md":
             raise OSError(28, os.strerror(28))  # ENOSPC on the last file
-        Path(path).write_bytes(data)
+        return write_bytes(path, data)
 
-    monkeypatch.setattr(command, "write_atomic", failing_write)
-    message = refused_export(["--run", str(trained_run)], tmp_path / "exports" / "model")
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
+    out = tmp_path / "exports" / "model"
+    message = refused_export(["--run", str(trained_run)], out)
     assert "No space left on device" in message and written[-1] == "README.md" and len(written) == 7
+    assert message == f"error: cannot write {out}: No space left on device"  # the folder, not a temporary gone by now
 
 
 def test_the_guides_export_commands_name_real_flags():

@@ -33,7 +33,7 @@ import orjson
 
 from core.errors import UsageError
 from pipelines.command import command
-from pipelines.files.atomic import write_atomic
+from pipelines.files.atomic import open_atomic, write_atomic
 from pipelines.flags import CommandParser
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import METRICS_FILE, SAMPLES_FILE
@@ -109,8 +109,8 @@ def plot_validation(rows: Sequence[dict[str, Any]], out_png: Path, title: str) -
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80, bbox_inches="tight")
+    with open_atomic(out_png) as f:  # a kill mid-write leaves the previous figure, not a truncated one
+        fig.savefig(f, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
     return out_png
 
@@ -167,7 +167,7 @@ def write_log(out: Path, section: str, name: str | None = None) -> None:
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text + ("\n\n" if text else "") + block + "\n"
-    write_atomic(out, text.encode("utf-8"))
+    write_atomic(out, text)
 
 
 def read_log(out: Path, name: str | None = None) -> str:

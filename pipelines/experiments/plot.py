@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.errors import UsageError
 from pipelines.command import command
+from pipelines.files.atomic import open_atomic
 from pipelines.flags import CommandParser
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import METRICS_FILE, PLOT_FILE
@@ -62,8 +63,8 @@ def plot_runs(
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with open_atomic(out) as f:  # a kill mid-write leaves the previous figure, not a truncated one
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return out
 

@@ -30,11 +30,10 @@ from params.hf.weights import to_hf_state_dict
 from pipelines.export.model_card import model_card
 from pipelines.export.tokenizer_files import as_json, end_of_text_id, special_tokens_map, tokenizer_config, tokenizer_json
 from pipelines.command import command
-from pipelines.files.atomic import build_folder, remove_stale_temporaries, write_atomic
+from pipelines.files.atomic import build_folder, remove_stale_temporaries
 from pipelines.files.lock import hold
 from pipelines.flags import CommandParser
-from pipelines.generate import load_run
-from pipelines.training.storage.checkpoint import read_train_state
+from pipelines.generate import load_run_and_step
 from pipelines.training.storage.run_dir import checkpoint_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,11 +48,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
         raise UsageError(f"--dtype {dtype}: must be one of {', '.join(DTYPES)}")
     safetensors_torch = require("safetensors.torch")
     checkpoint = Path(checkpoint) if checkpoint else checkpoint_path(run_dir)
-    params, config, tokenizer = load_run(run_dir, checkpoint, torch.device("cpu"))
+    params, config, tokenizer, step = load_run_and_step(run_dir, checkpoint, torch.device("cpu"))
     check_exportable(config)
     check_vocabulary(tokenizer, config)
-    # load_run does not say which step it loaded; the card needs it (a second, small read).
-    step = read_train_state(checkpoint)["step"]
     weights = safetensors_torch.save(to_hf_state_dict(params, config, DTYPES[dtype]), metadata={"format": "pt"})
     files = {
         "config.json": as_json(llama_config(config, dtype, end_of_text_id(tokenizer))),
@@ -77,9 +74,9 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
             if lock.waited and os.path.lexists(out):
                 raise UsageError(f"--out {out} was written by another export while this one waited for it")
             remove_stale_temporaries(out.parent, of=out.name)  # a killed export's half folder
-            with build_folder(out) as folder:
+            with build_folder(out) as folder:  # fsyncs the files and renames the folder whole
                 for name, data in files.items():
-                    write_atomic(folder / name, data)
+                    (folder / name).write_bytes(data)
     except BaseException:
         for parent in made:
             with contextlib.suppress(OSError):

@@ -1,10 +1,13 @@
 """Writing files and folders whole or not at all, and clearing what a killed writer left behind.
 
-Every file and folder the project writes goes through here. A file is written to a temporary
-beside it, flushed and fsynced, then renamed over NAME, and the folder is fsynced so that the
-rename itself survives a power cut: a crash or a full disk mid-write leaves the previous NAME
-intact, never a truncated one. A folder is built under a temporary name beside it, its files
-fsynced, then renamed into place: a folder that exists is a complete one.
+Every file and folder the project keeps and writes whole goes through here; only files written a
+piece at a time do not (a run's metrics.jsonl and logs, appended to; a download's .part, kept for
+the next run to resume). A file is written to a temporary beside it, flushed and fsynced, then
+renamed over NAME, and the folder is fsynced so that the rename itself survives a power cut: a
+crash or a full disk mid-write leaves the previous NAME intact, never a truncated one. A second
+name of a file (`link_atomic`) is a hard link made and renamed the same way. A folder is built
+under a temporary name beside it, its files fsynced, then renamed into place: a folder that exists
+is a complete one.
 
 Every temporary is named `.NAME.tmpPID-RANDOM` (`temporary_path`), unique per writer even when
 two processes with one PID (containers) or two threads write the same NAME. A `kill -9`
@@ -64,6 +67,26 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Replace `path` by `data` (text is written as UTF-8), whole or not at all."""
     with open_atomic(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """`path` becomes a second name of `source`'s file (one file on disk, not a copy), replacing
+    what was there at once; a copy, written as `open_atomic` writes, where the file system has no
+    hard links. A later atomic write of `source` renames a new file over it and leaves `path` as it
+    was. On an error `path` is left as it was and no temporary stays behind."""
+    source, path = Path(source), Path(path)
+    tmp = temporary_path(path)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here
+        with open(source, "rb") as reading, open_atomic(path) as writing:
+            shutil.copyfileobj(reading, writing)  # streamed: a checkpoint need not fit in memory
+        return
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)  # makes the new name durable
 
 
 @contextlib.contextmanager

@@ -5,9 +5,10 @@ and no stale lock is ever left to clear by hand. The lock file records who holds
 start time, command line), so a second writer's message names the first.
 
 `hold(path)` locks the output `path` (a file or a folder, present or not) through `.NAME.lock`
-beside it, removed again on release. A second writer either waits for the first (then reuses or
-refuses what it made; `Lock.waited` tells it to look) or, with `wait=False`, is refused at once.
-A run directory keeps its own `RUN/.lock` (pipelines/training/storage/run_lock.py).
+beside it, removed again on release. A second writer waits for the first, then reuses or refuses
+what it made (`Lock.waited` tells it to look). To refuse at once instead, lock with
+`acquire(lock_path(path), on_busy=..., remove=True)` and an `on_busy` that raises, as the run
+directory's own `RUN/.lock` does (pipelines/training/storage/run_lock.py, with `remove=False`).
 
 POSIX only (Linux, macOS), where `fcntl` exists. Elsewhere nothing is locked and a warning says
 so. On network file systems `flock` is only as good as the server's locking.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.errors import UsageError
-from pipelines.command import command
+from pipelines.command import EXIT_INTERRUPTED, command
 from pipelines.flags import CommandParser, integer
 from pipelines.training.config.config import TrainConfig, field_types, parse_overrides, resolve_config
 from pipelines.training.distributed.launch import launch
@@ -25,7 +25,7 @@ from pipelines.training.run.loop import run_training
 from pipelines.training.config.presets import preset_for_device
 from pipelines.training.storage.run_dir import CONFIG_FILE
 
-EXIT_CODES = {"completed": 0, "interrupted": 130, "diverged": 1, "failed": 1}
+EXIT_CODES = {"completed": 0, "interrupted": EXIT_INTERRUPTED, "diverged": 1, "failed": 1}
 
 
 def parser() -> CommandParser:

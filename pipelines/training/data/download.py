@@ -208,8 +208,7 @@ def _finalise(partial: Path, target: Path, max_bytes: int | None) -> None:
                 f"the first {max_bytes} bytes for {target.name} hold no {DOCUMENT_END.decode()}: ask for more"
             )
         os.truncate(partial, cut)  # a part cut short is still a true prefix: a rerun resumes and cuts the same
-    with open(partial, "ab") as handle:
-        os.fsync(handle.fileno())  # the rename must not become visible before the bytes are on disk
+    fsync_path(partial)  # the rename must not become visible before the bytes are on disk
     os.replace(partial, target)
     fsync_path(target.parent)  # nor be lost after it
 

@@ -34,12 +34,11 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from core.errors import UsageError
+from pipelines.command import EXIT_INTERRUPTED
 from pipelines.training.config.config import TrainConfig
 from pipelines.training.distributed.worker import GRACE_S, LAUNCH_SCRATCH, LAUNCHER_PID
 from pipelines.training.hardware.device_check import require_device
 from pipelines.training.run.start import check_before_work, with_run_dir
-
-EXIT_INTERRUPTED = 130
 
 
 def launch(config: TrainConfig, nproc: int, *, resume: bool) -> int:

@@ -7,7 +7,6 @@ variant k throughout; a run alone is variant 0 of 1.
 """
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from core.stack import variant_view
 from core.train_state import TrainState, variant_state
 from core.train_step import Autocast, Loss, TrainStep
 from params.finite import non_finite_param
-from pipelines.files.atomic import temporary_path
+from pipelines.files.atomic import link_atomic
 from pipelines.training.config.config import TrainConfig
 from pipelines.training.data.batches import rank_batch, step_generator
 from pipelines.training.data.prepare import TrainingData
@@ -115,7 +114,7 @@ class Run:
         try:
             save_train_state(first, one, self.metas[index])
             for name in names[1:]:
-                _link_atomic(first, checkpoint_path(self.run_dir(index), name))
+                link_atomic(first, checkpoint_path(self.run_dir(index), name))
         except OSError as error:  # a full disk, a vanished directory: the previous file is intact
             return ("failed", str(error))
         return None
@@ -143,23 +142,3 @@ class Run:
         for lock in self.locks:
             lock.release()
 
-
-def _link_atomic(source: Path, path: Path) -> None:
-    """`path` becomes a second name of `source`'s file (one file on disk, not a copy), replacing
-    what was there at once; a copy where the file system has no hard links. A later atomic write
-    of `source` renames a new file over it and leaves `path` as it was."""
-    tmp = temporary_path(path)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # no hard links here: a copy, on disk before the rename
-        with open(tmp, "wb") as f:
-            f.write(source.read_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # makes the new name durable
-    finally:
-        os.close(directory)
