@@ -262,8 +262,8 @@ def sweep(
     """Train every variant not yet finished under `out` (`jobs` at a time, `threads` torch threads
     each; with `vmap`, as stacked groups in this process when they stack), then write the
     summary; returns its rows."""
-    out.mkdir(parents=True, exist_ok=True)
     configs = {v.name: resolve_variant(base, fixed or {}, v, out / v.name) for v in variants}  # all errors up front
+    out.mkdir(parents=True, exist_ok=True)
     todo = [name for name in configs if run_status(out / name) not in FINISHED]
     for name in configs:
         if name not in todo:
@@ -338,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.summary_only:
         rows = write_summary(out, [v.name for v in variants], title=out.name)
     else:
-        for variant in variants:  # every setting of every variant checked before anything is written
+        # Checked here as well as in sweep(): a refusal must come before the threads line, as the only line.
+        for variant in variants:
             resolve_variant(args.config, fixed, variant, out / variant.name)
         threads, source = threads_per_variant(args.threads, args.jobs)
         print(f"sweep: {threads} torch thread{'s' if threads > 1 else ''} per variant ({source}), "
