@@ -47,7 +47,7 @@ from pipelines.flags import CommandParser, integer, processes
 from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
-from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
+from pipelines.training.config.config import TrainConfig, parse_overrides, read_config_file, resolve_config
 from pipelines.files.atomic import write_atomic
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
@@ -117,21 +117,12 @@ def resolve_variant(base: str, fixed: dict[str, Any], variant: Variant, run_dir:
     config) so that derived defaults follow the variant: ffn=silu gets d_ff = 4 d_model."""
     overrides = {**fixed, **variant.overrides, "run_dir": str(run_dir)}
     if Path(base).suffix == ".json":
-        return resolve_config(_dataset_of(Path(base)), "baseline", overrides, config_file=base)
+        dataset = read_config_file(Path(base)).get("dataset", "tinystories")
+        return resolve_config(dataset, "baseline", overrides, config_file=base)
     dataset, sep, preset = base.partition("/")
     if not sep:
         raise UsageError(f"CONFIG {base!r}: expected DATASET/PRESET (e.g. tinystories/cpu-small) or a .json file")
     return resolve_config(dataset, preset, overrides)
-
-
-def _dataset_of(config_file: Path) -> str:
-    try:
-        values = orjson.loads(config_file.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as error:
-        raise UsageError(f"CONFIG {config_file}: not a readable JSON config ({error})") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"CONFIG {config_file}: not a JSON object")
-    return values.get("dataset", "tinystories")
 
 
 def run_status(run_dir: Path) -> str | None:
