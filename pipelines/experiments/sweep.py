@@ -42,11 +42,11 @@ import orjson
 
 from core.errors import UsageError
 from pipelines.command import command
-from pipelines.experiments.vmap_sweep import train_stacked
+from pipelines.experiments.vmap_sweep import record_request, train_stacked
 from pipelines.flags import CommandParser, integer, processes
 from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.storage.metrics import read_metrics
-from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
+from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, checkpoint_path
 from pipelines.training.config.config import TrainConfig, parse_overrides, read_config_file, resolve_config
 from pipelines.files.atomic import write_atomic
 
@@ -165,9 +165,7 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Tra
     """Train one variant in a subprocess (resuming it when a checkpoint exists); returns its status,
     or "failed" when the trainer died without writing a summary."""
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    requested = run_dir / SWEEP_CONFIG_FILE
-    write_atomic(requested, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    requested = record_request(config)
     command = [sys.executable, "-m", "pipelines.training.cli", config.dataset, "--config", str(requested), "--run_dir", str(run_dir)]
     if checkpoint_path(run_dir).exists():
         command.append("--resume")
