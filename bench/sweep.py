@@ -172,7 +172,7 @@ def measure(args: argparse.Namespace, d_model: int, threads: list[int]) -> dict[
 def parser() -> CommandParser:
     parser = bench_parser(__doc__, "sweep")
     parser.add_argument("--d_models", default="64,128,256", help="model widths, comma-separated")
-    add_model_arguments(parser, context=128, d_model=64, heads=4, vocab=2048)  # --model.d_model: unused, --d_models sets widths
+    add_model_arguments(parser, context=128, d_model=None, heads=4, vocab=2048)  # --d_models sets the widths
     parser.add_argument("--batch", type=integer(1), default=8)
     parser.add_argument("--steps", type=integer(1), default=3, help="timed steps of each run per round")
     parser.add_argument("--repeats", type=integer(1), default=3)
