@@ -23,11 +23,15 @@ MODEL_FLAGS = {"context": "--model.context_length", "d_model": "--model.d_model"
                "heads": "--model.num_heads", "vocab": "--model.vocab_size"}
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, context: int, d_model: int, heads: int, vocab: int, layers: int = 4) -> None:
-    """The model-shape flags every benchmark takes, with that benchmark's defaults."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, context: int, d_model: int | None, heads: int, vocab: int, layers: int = 4
+) -> None:
+    """The model-shape flags every benchmark takes, with that benchmark's defaults; no
+    --model.d_model when `d_model` is None (a benchmark that sets the widths its own way)."""
     defaults = {"context": context, "d_model": d_model, "layers": layers, "heads": heads, "vocab": vocab}
     for dest, flag in MODEL_FLAGS.items():
-        parser.add_argument(flag, dest=dest, type=integer(1), default=defaults[dest], metavar="N")
+        if defaults[dest] is not None:
+            parser.add_argument(flag, dest=dest, type=integer(1), default=defaults[dest], metavar="N")
 
 
 def bench_parser(module_doc: str, name: str) -> CommandParser:

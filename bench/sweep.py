@@ -45,7 +45,7 @@ from core.train_state import init_train_state
 from core.train_step import make_train_step
 from params.init import init_params
 from pipelines.command import command
-from pipelines.flags import CommandParser, integer
+from pipelines.flags import CommandParser, integer, integers
 from pipelines.training.data.batches import get_batch, step_generator
 from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.run.start import VMAP_FALLBACK_WARNING
@@ -144,7 +144,8 @@ def worker(args: argparse.Namespace) -> None:
     """One of the two jobs: set up its runs, wait for "go", train them, say "done"."""
     torch.set_num_threads(1)
     first, count = (int(part) for part in args.worker.split(","))
-    config, data, device = _setup(args, int(args.d_models))
+    (d_model,) = args.d_models  # two_jobs_seconds gives its workers one width
+    config, data, device = _setup(args, d_model)
     runs = Runs(config, data, args.batch, device, first, count)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -171,13 +172,14 @@ def measure(args: argparse.Namespace, d_model: int, threads: list[int]) -> dict[
 
 def parser() -> CommandParser:
     parser = bench_parser(__doc__, "sweep")
-    parser.add_argument("--d_models", default="64,128,256", help="model widths, comma-separated")
-    add_model_arguments(parser, context=128, d_model=64, heads=4, vocab=2048)  # --model.d_model: unused, --d_models sets widths
+    parser.add_argument("--d_models", type=integers(1), default=[64, 128, 256], metavar="N,N", help="model widths, comma-separated")
+    add_model_arguments(parser, context=128, d_model=None, heads=4, vocab=2048)  # --d_models sets the widths
     parser.add_argument("--batch", type=integer(1), default=8)
     parser.add_argument("--steps", type=integer(1), default=3, help="timed steps of each run per round")
     parser.add_argument("--repeats", type=integer(1), default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", help="thread counts of the one-process arrangements, comma-separated (default: 1 and all)")
+    parser.add_argument("--threads", type=integers(1, 4096), metavar="N,N",
+                        help="thread counts of the one-process arrangements, comma-separated (default: 1 and all)")
     parser.add_argument("--no_jobs", action="store_true", help="skip the two-process arrangement")
     parser.add_argument("--malloc_default", action="store_true", help="leave glibc's thresholds as they are in every process")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # FIRST,COUNT: one of the two jobs
@@ -192,12 +194,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.worker:
         worker(args)
         return
-    threads = sorted({1, torch.get_num_threads()}) if args.threads is None else [int(t) for t in args.threads.split(",")]
+    threads = sorted({1, torch.get_num_threads()}) if args.threads is None else args.threads
     print(f"K = {VARIANTS} learning-rate variants, {args.layers} layers, vocab {args.vocab}, batch {args.batch} x context "
           f"{args.context} per run, {args.steps} timed steps per run, median of {args.repeats} rounds; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, device {args.device}, freed memory kept: {kept}\n")
     tokens = VARIANTS * args.steps * args.batch * args.context
-    for d_model in (int(d) for d in args.d_models.split(",")):
+    for d_model in args.d_models:
         times = measure(args, d_model, threads)
         best = min(seconds for name, seconds in times.items() if not name.startswith(VECTORISED))
         rows = [(name, f"{seconds * 1e3 / args.steps:.0f}", f"{tokens / seconds:,.0f}", f"{best / seconds:.2f}") for name, seconds in times.items()]

@@ -7,9 +7,10 @@ A mistake is one line, raised as a UsageError (the command prints it; pipelines/
 unknown flag names the closest known ones, a bad value names its flag. argparse's own habit of
 printing the whole usage before a one-line error is what this replaces.
 
-Numbers are checked where they are read: `integer(low, high)` and `number(low, high)` are argparse
-types that refuse a value that is not a number, not finite, out of its range or too large for a
-64-bit integer, naming the flag, before the command does any work.
+Numbers are checked where they are read: `integer(low, high)`, `integers(low, high)` (a
+comma-separated list of them) and `number(low, high)` are argparse types that refuse a value that
+is not a number, not finite, out of its range or too large for a 64-bit integer, naming the flag,
+before the command does any work.
 """
 
 import argparse
@@ -119,6 +120,17 @@ def integer(low: int = INT64_MIN, high: int = INT64_MAX) -> Callable[[str], int]
         return value
 
     parse.__name__ = "integer"
+    return parse
+
+
+def integers(low: int = INT64_MIN, high: int = INT64_MAX) -> Callable[[str], list[int]]:
+    """An argparse type: a comma-separated list of integers, each as `integer(low, high)` checks it."""
+    one = integer(low, high)
+
+    def parse(text: str) -> list[int]:
+        return [one(part.strip()) for part in text.split(",")]
+
+    parse.__name__ = "integers"
     return parse
 
 

@@ -29,7 +29,12 @@ from pipelines.training.hardware.device_check import require_device
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.training.storage.run_dir import TOKENIZER_DIR, checkpoint_path
 
-EOS = "<|endoftext|>"
+EOT = "<|endoftext|>"  # ends a document: sampling stops at it, and export names it BOS and EOS
+
+
+def end_of_text_id(tokenizer: Tokenizer) -> int | None:
+    """The id of <|endoftext|> when it is one of the tokenizer's special tokens."""
+    return tokenizer.encode(EOT)[0] if EOT in tokenizer.special_tokens else None
 
 
 def generate_text(
@@ -101,7 +106,7 @@ def sample_stories(
     seed: int = 0,
 ) -> list[str]:
     """Continuations of `prompt` (prompt included), each stopping at <|endoftext|>."""
-    eos_id = tokenizer.encode(EOS)[0] if EOS in tokenizer.special_tokens else None
+    eos_id = end_of_text_id(tokenizer)
     # An empty prompt starts a fresh document, as after the end of the previous one.
     prompt_ids = tokenizer.encode(prompt) or ([eos_id] if eos_id is not None else [])
     generator = torch.Generator().manual_seed(seed)

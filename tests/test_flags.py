@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from core.errors import UsageError
-from pipelines.flags import CommandParser, canonical, closest, integer, number
+from pipelines.flags import CommandParser, canonical, closest, integer, integers, number
 from tests.commands import ROOT, command_module, recipe_modules
 
 RECIPES = sorted(recipe_modules())
@@ -70,6 +70,16 @@ def test_values_that_look_like_flags_are_left_alone():
 def test_integer_flags_refuse_what_is_not_a_count(text, message):
     with pytest.raises(Exception, match=message):
         integer(1)(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("abc", "expects an integer, got 'abc'"), ("64,,128", "expects an integer, got ''"), ("", "expects an integer"),
+    ("1,0", "must be an integer >= 1, got 0"),
+])
+def test_integer_list_flags_check_every_part(text, message):
+    with pytest.raises(Exception, match=message):
+        integers(1)(text)
+    assert integers(1)("64, 128,256") == [64, 128, 256]
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "0", "1.5", "x", "1e400"])

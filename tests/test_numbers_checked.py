@@ -66,7 +66,8 @@ CASES = {
     "tokenizer-report": Case(("--samples", "--seed"), lambda inputs, out: ["--data.path", str(inputs["text"].parent)], runs=False),
     "bench train": Case(("--batch", "--repeats"), lambda inputs, out: [], runs=False),
     "bench ddp": Case(("--batch", "--steps", "--bucket_mb"), lambda inputs, out: [], runs=False),
-    "bench sweep": Case(("--model.num_layers", "--model.vocab_size", "--batch", "--steps"), lambda inputs, out: [], runs=False),
+    "bench sweep": Case(("--model.num_layers", "--model.vocab_size", "--batch", "--steps", "--d_models", "--threads"),
+                        lambda inputs, out: [], runs=False),
 }
 
 
@@ -193,6 +194,8 @@ def test_every_number_is_refused_in_one_line_or_works_long(draw, inputs, tmp_pat
     ("accounting", ["--peak_flops", "0"], "--peak_flops: must be a finite number above 0"),
     ("accounting", ["--chip", "Z80"], "--chip 'Z80': unknown"),
     ("accounting", ["--budget_hours", "-1"], "--budget_hours: must be a finite number above 0"),
+    ("bench sweep", ["--d_models", "abc"], "--d_models: expects an integer, got 'abc'"),
+    ("bench sweep", ["--threads", "0"], "--threads: must be an integer from 1 to 4096, got 0"),
 ])
 def test_the_reported_cases_are_refused_in_one_line(recipe, argv, message, inputs, tmp_path, capsys):
     case = CASES[recipe]

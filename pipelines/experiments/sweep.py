@@ -42,12 +42,12 @@ import orjson
 
 from core.errors import UsageError
 from pipelines.command import command
-from pipelines.experiments.vmap_sweep import train_stacked
+from pipelines.experiments.vmap_sweep import record_request, train_stacked
 from pipelines.flags import CommandParser, integer, processes
 from pipelines.training.hardware.malloc import keep_freed_memory
 from pipelines.training.storage.metrics import read_metrics
-from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_CONFIG_FILE, checkpoint_path
-from pipelines.training.config.config import TrainConfig, parse_overrides, resolve_config
+from pipelines.training.storage.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, checkpoint_path
+from pipelines.training.config.config import TrainConfig, parse_overrides, read_config_file, resolve_config
 from pipelines.files.atomic import write_atomic
 
 SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_MD, SWEEP_CURVES = "summary.json", "summary.md", "curves.png"
@@ -117,21 +117,12 @@ def resolve_variant(base: str, fixed: dict[str, Any], variant: Variant, run_dir:
     config) so that derived defaults follow the variant: ffn=silu gets d_ff = 4 d_model."""
     overrides = {**fixed, **variant.overrides, "run_dir": str(run_dir)}
     if Path(base).suffix == ".json":
-        return resolve_config(_dataset_of(Path(base)), "baseline", overrides, config_file=base)
+        dataset = read_config_file(Path(base)).get("dataset", "tinystories")
+        return resolve_config(dataset, "baseline", overrides, config_file=base)
     dataset, sep, preset = base.partition("/")
     if not sep:
         raise UsageError(f"CONFIG {base!r}: expected DATASET/PRESET (e.g. tinystories/cpu-small) or a .json file")
     return resolve_config(dataset, preset, overrides)
-
-
-def _dataset_of(config_file: Path) -> str:
-    try:
-        values = orjson.loads(config_file.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as error:
-        raise UsageError(f"CONFIG {config_file}: not a readable JSON config ({error})") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"CONFIG {config_file}: not a JSON object")
-    return values.get("dataset", "tinystories")
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -174,9 +165,7 @@ def run_variant(config: TrainConfig, threads: int, log_path: Path, trainers: Tra
     """Train one variant in a subprocess (resuming it when a checkpoint exists); returns its status,
     or "failed" when the trainer died without writing a summary."""
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    requested = run_dir / SWEEP_CONFIG_FILE
-    write_atomic(requested, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    requested = record_request(config)
     command = [sys.executable, "-m", "pipelines.training.cli", config.dataset, "--config", str(requested), "--run_dir", str(run_dir)]
     if checkpoint_path(run_dir).exists():
         command.append("--resume")
@@ -262,8 +251,8 @@ def sweep(
     """Train every variant not yet finished under `out` (`jobs` at a time, `threads` torch threads
     each; with `vmap`, as stacked groups in this process when they stack), then write the
     summary; returns its rows."""
-    out.mkdir(parents=True, exist_ok=True)
     configs = {v.name: resolve_variant(base, fixed or {}, v, out / v.name) for v in variants}  # all errors up front
+    out.mkdir(parents=True, exist_ok=True)
     todo = [name for name in configs if run_status(out / name) not in FINISHED]
     for name in configs:
         if name not in todo:
@@ -338,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.summary_only:
         rows = write_summary(out, [v.name for v in variants], title=out.name)
     else:
-        for variant in variants:  # every setting of every variant checked before anything is written
+        # Checked here as well as in sweep(): a refusal must come before the threads line, as the only line.
+        for variant in variants:
             resolve_variant(args.config, fixed, variant, out / variant.name)
         threads, source = threads_per_variant(args.threads, args.jobs)
         print(f"sweep: {threads} torch thread{'s' if threads > 1 else ''} per variant ({source}), "

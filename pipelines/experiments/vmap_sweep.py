@@ -38,7 +38,7 @@ def train_stacked(configs: dict[str, TrainConfig], threads: int | None = None) -
         torch.set_num_threads(threads)
     for names in (names for names in groups if len(names) > 1):
         for name in names:
-            _record_request(configs[name])
+            record_request(configs[name])
         print(f"{', '.join(names)}: training as one group of {len(names)}", file=sys.stderr)
         trained += names
         try:
@@ -82,8 +82,9 @@ def _resume_step(config: TrainConfig) -> int:
     return read_train_state(path)["step"] if path.exists() else 0
 
 
-def _record_request(config: TrainConfig) -> None:
-    """sweep_config.json, the config the sweep asked this run for, as a sequential sweep writes it."""
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / SWEEP_CONFIG_FILE, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+def record_request(config: TrainConfig) -> Path:
+    """Write sweep_config.json, the config the sweep asked this run for, into the run directory
+    (made if absent); returns its path. Both sweeps, one by one and stacked, record it so."""
+    requested = Path(config.run_dir) / SWEEP_CONFIG_FILE
+    write_atomic(requested, orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2))
+    return requested

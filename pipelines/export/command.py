@@ -28,12 +28,12 @@ from params.hf.config import check_exportable, llama_config
 from params.hf.files import require
 from params.hf.weights import to_hf_state_dict
 from pipelines.export.model_card import model_card
-from pipelines.export.tokenizer_files import as_json, end_of_text_id, special_tokens_map, tokenizer_config, tokenizer_json
+from pipelines.export.tokenizer_files import as_json, special_tokens_map, tokenizer_config, tokenizer_json
 from pipelines.command import command
 from pipelines.files.atomic import build_folder, remove_stale_temporaries
 from pipelines.files.lock import hold
 from pipelines.flags import CommandParser
-from pipelines.generate import load_run_and_step
+from pipelines.generate import end_of_text_id, load_run_and_step
 from pipelines.training.storage.run_dir import checkpoint_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

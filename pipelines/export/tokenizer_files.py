@@ -17,14 +17,9 @@ from typing import Any
 from core.bytes_unicode import to_printable
 from core.errors import UsageError
 from core.tokenizer import Tokenizer
+from pipelines.generate import EOT
 
-EOT = "<|endoftext|>"
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-
-
-def end_of_text_id(tokenizer: Tokenizer) -> int | None:
-    """The id of <|endoftext|> when it is one of the tokenizer's special tokens."""
-    return tokenizer.encode(EOT)[0] if EOT in tokenizer.special_tokens else None
 
 
 def tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:

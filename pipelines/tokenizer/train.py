@@ -129,10 +129,7 @@ def train_and_save(
     of the same `out_dir` waits, then is refused (as for any tokenizer there) unless `force`."""
     text, out_dir = check_text_file(input_path), Path(os.path.abspath(out_dir))  # `.` has no name to lock by
     check_special_tokens(special_tokens)
-    try:
-        initial_vocab(special_tokens, vocab_size)  # a size too small for the bytes and special tokens
-    except ValueError as error:
-        raise UsageError(f"--vocab-size: {error}") from None
+    check_vocab_size(vocab_size, special_tokens)
     check_tokenizer_out(out_dir, text, force)
     with hold(out_dir) as lock:
         if lock.waited:  # the other writer may have saved a tokenizer there meanwhile
@@ -155,6 +152,14 @@ def check_special_tokens(special_tokens: Sequence[str]) -> None:
     for token in special_tokens:
         if len(token.encode("utf-8")) == 1:
             raise UsageError(f"--special {token!r} is a single byte, which is a token of its own already")
+
+
+def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:
+    """UsageError unless `vocab_size` holds the 256 bytes and every special token (each given once:
+    check_special_tokens first)."""
+    needed = 256 + len(special_tokens)
+    if vocab_size < needed:
+        raise UsageError(f"--model.vocab_size {vocab_size}: the 256 bytes and {needed - 256} special token(s) need at least {needed}")
 
 
 def check_tokenizer_out(out_dir: Path, text: Path, force: bool) -> None:
@@ -188,9 +193,6 @@ def parser() -> CommandParser:
 @command
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    needed = 256 + len(set(args.special))
-    if args.vocab_size < needed:
-        raise UsageError(f"--model.vocab_size {args.vocab_size}: the 256 bytes and {needed - 256} special token(s) need at least {needed}")
 
     started = time.perf_counter()
     tokenizer = train_and_save(

@@ -303,7 +303,7 @@ def resolve_config(
         raise UsageError(f"unknown preset {preset!r} for {dataset}; known: {sorted(PRESETS[dataset])}")
     values = _merge({"dataset": dataset}, PRESETS[dataset][preset])
     if config_file is not None:
-        values = _merge(values, _read_config_file(Path(config_file)))
+        values = _merge(values, read_config_file(Path(config_file)))
     return TrainConfig.from_dict(_merge(values, _nest(overrides or {})))
 
 
@@ -312,7 +312,8 @@ def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfi
     return TrainConfig.from_dict(_merge(config.to_dict(), _nest(overrides)))
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object in the config file `path`; UsageError when it cannot be read or is not one."""
     try:
         values = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as error:
