@@ -231,8 +231,8 @@ def _build_run(
         _announce(configs, device, processes, peak, source, data, state.step, resumed=saved[0] is not None)
     tokenizer = data.tokenizer.fingerprint() if data.tokenizer else None
     run = Run(
-        configs=configs, data=data, optimizer=optimizer, schedules=tuple(make_schedule(one) for one in configs),
-        train_step=train_step, batch_loss=batch_loss, eval_loss=eval_loss, autocast=autocast,
+        configs=configs, data=data, schedules=tuple(make_schedule(one) for one in configs),
+        train_step=train_step, batch_loss=batch_loss, eval_loss=eval_loss,
         device=device, processes=processes, sharding=sharding, logs=logs,
         flops_per_step=training_step_flops(config.model, config.data.batch_size * config.grad_accum), peak_flops=peak,
         metas=tuple({"model_config": one.model.to_dict(), "train_config": one.to_dict(), "tokenizer": tokenizer} for one in configs),
