@@ -68,16 +68,15 @@ def start(configs: Sequence[TrainConfig], *, resume: bool) -> tuple[Run, TrainSt
     checked = _on_main_first(processes, lambda: _open_data(configs, saved, main=True))
     # The others open what the main process checked (and cached), while it takes the run directory.
     data, wandb = checked if processes.main else _open_data(configs, saved, main=False)
-    locks = _on_main_first(processes, lambda: _take_run_dirs(configs))
+    locks = _on_main_first(processes, lambda: _take_run_dirs(configs)) or ()  # the others hold none
     try:
         # The main process copies the tokenizer into each run directory; the others then only read it.
         copied = _on_main_first(processes, lambda: _with_run_tokenizers(data, configs))
         data = copied if processes.main else _with_run_tokenizers(data, configs)
-        return _build_run(configs, device, processes, saved, data, wandb, locks or ())
+        return _build_run(configs, device, processes, saved, data, wandb, locks)
     except BaseException:
-        for config, lock in zip(configs, locks or ()):
+        for config, lock in zip(configs, locks):
             remove_if_unstarted(config.run_dir)  # a start that fails leaves no run directory
-            lock.release()
             lock.release()
         raise
 
