@@ -30,7 +30,7 @@ from core.tree import tree_leaves
 from params.init import count_params, init_params
 from pipelines.files.atomic import remove_stale_temporaries, write_atomic
 from pipelines.training.config.config import TrainConfig, with_overrides
-from pipelines.training.config.optimizer import make_optimizer, make_schedule
+from pipelines.training.config.optimizer import check_stackable, make_optimizer, make_schedule
 from pipelines.training.data.prepare import TrainingData, open_training_data, with_run_tokenizer
 from pipelines.training.distributed.grad_sync import BucketedGradSync
 from pipelines.training.distributed.processes import Processes, broadcast_object, broadcast_tree, start_processes
@@ -55,7 +55,7 @@ def start(configs: Sequence[TrainConfig], *, resume: bool) -> tuple[Run, TrainSt
     for the life of the run), open the data, build the step, and initialise or load the state.
     None, after saying so, when `resume` finds every run already complete: nothing to do."""
     configs = tuple(configs)
-    make_optimizer(configs)  # refuses variants that cannot train together, before any work
+    check_stackable(configs)  # before any work
     processes, device = start_processes(require_device(configs[0].device), configs[0].timeout_s)
     if configs[0].gns:
         configs[0].gns_batch_sizes(processes.world)  # refused here, before any work, without two sizes
