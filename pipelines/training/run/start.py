@@ -46,7 +46,9 @@ from pipelines.training.storage.run_dir import CONFIG_FILE, FINAL, TOKENIZER_DIR
 from pipelines.training.storage.run_lock import RunLock, check_run_dir_free, lock_run_dir
 
 # On the CPU, vmap runs torch's fused attention kernel once per variant (it has no batching rule
-# there), and torch warns about it; that is what K runs one by one do anyway.
+# there), and torch warns about it; that is what K runs one by one do anyway. CUDA's fused kernels
+# have batching rules, so only stacked steps and losses off CUDA are wrapped (MPS too, to be safe):
+# catch_warnings costs every call and resets the once-only warning registry.
 VMAP_FALLBACK_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
 
 
@@ -220,7 +222,7 @@ def _build_run(
     if sharding is not None:
         train_step = sharding.stepping(train_step)
     batch_loss, eval_loss = (make_loss(config.model, autocast, variants=stacked, shared_batch=shared) for shared in (False, True))
-    if stacked:
+    if stacked and device.type != "cuda":  # CUDA's fused attention kernels have batching rules: no warning to hide
         train_step, batch_loss, eval_loss = _quiet(train_step), _quiet(batch_loss), _quiet(eval_loss)
     peak, source = peak_flops(device, autocast[1] if autocast else torch.float32)
     logs: tuple = (NoLog(),)
