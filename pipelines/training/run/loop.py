@@ -189,7 +189,11 @@ def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress:
     bar.update(state.step - bar.n)
     training = [one.train_loss for _, one in _training(progress)]
     postfix = {"loss": f"{min(training):.3f}", "tok_s": f"{len(training) * tokens_per_s:.0f}", "mfu": f"{flops_per_s / run.peak_flops:.1%}"}
-    bar.set_postfix(postfix | ({"training": f"{len(training)}/{len(progress)}"} if run.stacked else {"lr": f"{row['lr']:.2e}"}))
+    if run.stacked:
+        postfix["training"] = f"{len(training)}/{len(progress)}"
+    else:
+        postfix["lr"] = f"{run.schedules[0](state.step - 1):.2e}"  # the rate of the step just taken, as logged
+    bar.set_postfix(postfix)
 
 
 def _noise_scale(run: Run, noise: NoiseScale, pending: list[Metrics], norms: torch.Tensor) -> NoiseScale:
