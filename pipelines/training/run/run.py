@@ -1,7 +1,7 @@
 """What stays fixed while a run trains (`Run`), for one run or K variants trained together.
 
 One run trains one model (on one process or, data-parallel, on several). K variants (a vectorised
-sweep) train as K stacked models in one process (core/train_step.py, `variants=K`): each has its
+sweep) train as K stacked models in one process (core/train_step.py, `variants=True`): each has its
 own run directory, log, checkpoints and summary, exactly as if it had trained alone. Index k is
 variant k throughout; a run alone is variant 0 of 1.
 """

@@ -217,7 +217,7 @@ def _build_run(
     train_step = make_train_step(
         config.model, sharding.optimizer(config) if sharding else optimizer, grad_mode=config.grad_mode,  # type: ignore[arg-type]
         autocast=autocast, compile=config.compile, donate=True, accumulate=config.grad_accum, sync=sync, gns=config.gns,
-        variants=len(configs) if stacked else None,
+        variants=stacked,
     )
     if sharding is not None:
         train_step = sharding.stepping(train_step)
