@@ -6,7 +6,7 @@ taking --steps steps on its own batches, drawn as the trainers draw them (get_ba
 array with the run's step generator):
 
     vectorised (vmap)          one process: the trainer's step over K stacked models
-                               (core/train_step.py, variants=K)
+                               (core/train_step.py, variants=True)
     sequential, one process    one process: the trainer's donated step, run after run
     2 jobs x 1 thread          two processes side by side, one thread each, 4 runs each, one after
                                another: what `just sweep --jobs 2` runs on two cores
@@ -94,7 +94,7 @@ class Vectorised:
         optimizer = chain(clip_by_global_norm(values(MAX_NORM)), adam)
         params = stack_trees([init_params(config, torch.Generator().manual_seed(k), device=device) for k in range(VARIANTS)])
         self.state = init_train_state(params, optimizer, rng=range(VARIANTS))
-        self.step = make_train_step(config, optimizer, donate=True, variants=VARIANTS)
+        self.step = make_train_step(config, optimizer, donate=True, variants=True)
         self.train(1)  # warm-up, untimed
 
     def train(self, steps: int) -> None:

@@ -5,7 +5,7 @@
     lrs = variant_values([3e-3, 1e-2, ...])                # (K,) float64: one per variant
 
 This is how a vectorised sweep holds K models (or K optimizer states) at once: `torch.func.vmap`
-runs them as one batched computation (core/train_step.py, `variants=K`), and the optimizer's
+runs them as one batched computation (core/train_step.py, `variants=True`), and the optimizer's
 transformations take (K,) hyperparameters (core/optim/foreach.py). Leaves that are not tensors
 (the Python-int step counts of optimizer states) are shared: every tree must hold the same value
 there.

@@ -41,7 +41,7 @@ def init_train_state(params: Tree, optimizer: GradientTransformation, rng: int |
     variant, `params` are K stacked models, all active."""
     if isinstance(rng, int):
         return TrainState(params=params, opt_state=optimizer.init(params), rng=rng)
-    active = torch.ones(len(rng), dtype=torch.bool, device=tree_leaves(params)[0].device)
+    active = _all_active(params, len(rng))
     return TrainState(params=params, opt_state=optimizer.init(params), rng=tuple(rng), active=active)
 
 
@@ -51,11 +51,15 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
     if len(steps) != 1:
         raise ValueError(f"stack_states: the states must be at one step to train together, got steps {sorted(steps)}")
     params = stack_trees([state.params for state in states])
-    active = torch.ones(len(states), dtype=torch.bool, device=tree_leaves(params)[0].device)
     return TrainState(
         params, stack_trees([state.opt_state for state in states]), states[0].step,
-        tuple(state.rng for state in states), max(state.elapsed for state in states), active,
+        tuple(state.rng for state in states), max(state.elapsed for state in states), _all_active(params, len(states)),
     )
+
+
+def _all_active(params: Tree, variants: int) -> Bool[Tensor, " variants"]:
+    """`active` for `variants` stacked models that all train, on their parameters' device."""
+    return torch.ones(variants, dtype=torch.bool, device=tree_leaves(params)[0].device)
 
 
 def variant_state(state: TrainState, index: int) -> TrainState:

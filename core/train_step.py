@@ -20,7 +20,7 @@ when the gradients come from autograd (a hook per leaf), after it otherwise.
 With `gns=True` the step also measures what the gradient noise scale needs (core/gns.py): the
 mean squared norm of this process's micro-batch gradients, beside the norm of their average.
 
-K variants at once (`variants=K`, a vectorised sweep): the state holds K stacked models
+K variants at once (`variants=True`, a vectorised sweep): the state holds K stacked models
 (core/train_state.py) and the batch is (K, batch, seq), variant k training on its own rows.
 `torch.func.vmap` turns the pure loss of one model into the loss of K, so every matmul becomes one
 batched matmul over the variants, and the optimizer is the ordinary one given (K,) hyperparameters
@@ -98,10 +98,7 @@ def make_grad_and_value(
 ) -> Callable[[Tree, Tensor, Tensor], tuple[Tree, Tensor]]:
     """(params, x, y) -> (grads shaped like params, loss). `compile` runs torch.compile over the
     loss (autograd: AOTAutograd compiles its backward too) or the whole grad transform (func)."""
-
-    def loss(params: Tree, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(params, x, y, config, autocast)
-
+    loss = make_loss(config, autocast)
     if grad_mode == "func":
         grad_and_value = torch.func.grad_and_value(loss)
         return torch.compile(grad_and_value) if compile else grad_and_value
@@ -136,7 +133,7 @@ def make_train_step(
     accumulate: int = 1,
     sync: GradSync | None = None,
     gns: bool = False,
-    variants: int | None = None,
+    variants: bool = False,
 ) -> TrainStep:
     """The step function of `optimizer` (e.g. chain(clip_by_global_norm(1.0), adamw(schedule)))
     on the model `config`. Its metrics are the loss and the gradient norm before clipping, as
@@ -149,7 +146,7 @@ def make_train_step(
     with `applied` False. With a `sync`, loss and gradients are the means over all processes, so
     every process takes the same decision.
 
-    With `variants=K`, K stacked models step at once (module docstring): the metrics are (K,)
+    With `variants`, K stacked models step at once (module docstring): the metrics are (K,)
     tensors, `applied` among them, and the step reads one flag per step, whether every variant
     stepped. Clipping must then be per variant (a (K,) max_norm), or one variant's NaN would reach
     the others through the global norm. One process, one micro-batch, no `gns`.
@@ -157,17 +154,17 @@ def make_train_step(
     `compile` with one process, one micro-batch and no `gns` compiles the whole step (loss,
     torch.func gradients, optimizer: bench/train.py measures it the fastest compiled variant) with
     `make_compiled_step`; otherwise it compiles the loss and its gradients."""
-    if variants is not None and (sync is not None or accumulate != 1 or gns):
+    if variants and (sync is not None or accumulate != 1 or gns):
         raise ValueError("make_train_step: variants train on one process with one micro-batch and no gns")
-    if compile and sync is None and accumulate == 1 and not gns and variants is None:
+    if compile and sync is None and accumulate == 1 and not gns and not variants:
         return make_compiled_step(config, optimizer, autocast)
     grads_and_loss = make_grads_and_loss(config, grad_mode, autocast, compile, accumulate, sync, gns, variants)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         grads, loss, micro_grad_sq = grads_and_loss(state.params, batch)
-        grad_norm = global_norm(grads, per_variant=variants is not None)  # before a donated update overwrites grads
+        grad_norm = global_norm(grads, per_variant=variants)  # before a donated update overwrites grads
         measured = {"loss": loss, "grad_norm": grad_norm} | ({"micro_grad_sq": micro_grad_sq} if gns else {})
-        if variants is not None:
+        if variants:
             applied = state.active & torch.isfinite(loss) & torch.isfinite(grad_norm)
             frozen = None if bool(applied.all()) else _slices(~applied, (state.params, state.opt_state))
         elif donate and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
@@ -175,7 +172,7 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, donate=donate)
         params = apply_updates(state.params, updates, donate=donate)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
-        if variants is None:
+        if not variants:
             return new_state, {**measured, "applied": True}
         if frozen is not None:
             _set_slices(frozen, (params, opt_state))
@@ -232,7 +229,7 @@ def make_grads_and_loss(
     accumulate: int = 1,
     sync: GradSync | None = None,
     gns: bool = False,
-    variants: int | None = None,
+    variants: bool = False,
 ) -> Callable[[Tree, Batch], tuple[Tree, Tensor, Tensor | None]]:
     """(params, batch) -> (mean gradients, mean loss, micro_grad_sq) over the batch's `accumulate`
     micro-batches and, with a `sync`, over every process. micro_grad_sq, with `gns` (else None),
@@ -241,10 +238,10 @@ def make_grads_and_loss(
     torch.func's gradients; `compile` wraps torch.compile around the vmap, as torch.func needs)."""
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
-    if variants is None:
+    if not variants:
         grad_and_value = make_grad_and_value(config, grad_mode, autocast, compile)
     else:
-        grad_and_value = torch.func.vmap(torch.func.grad_and_value(make_loss(config, autocast)))
+        grad_and_value = torch.func.vmap(make_grad_and_value(config, "func", autocast))
         grad_and_value = torch.compile(grad_and_value) if compile else grad_and_value
     hooks = sync is not None and grad_mode == "autograd"  # torch.func never calls tensor hooks
 

@@ -1,4 +1,4 @@
-"""The training step over K stacked variants (`make_train_step(..., variants=K)`): a variant masked
+"""The training step over K stacked variants (`make_train_step(..., variants=True)`): a variant masked
 out keeps its whole state as it was, parameters and optimizer moments alike, while the others step
 as they would without it; the optimizer's (K,) hyperparameters give each variant its own update."""
 
@@ -46,7 +46,7 @@ def tensors(state, k: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("donate", [True, False])
 def test_a_variant_that_diverges_keeps_its_whole_state_while_the_others_step_on(donate):
     optimizer = optimizer_for([0, 1, 2])
-    step = make_train_step(CONFIG, optimizer, donate=donate, variants=3)
+    step = make_train_step(CONFIG, optimizer, donate=donate, variants=True)
     state = fresh_state(optimizer, [0, 1, 2])
     for n in range(3):
         state, metrics = step(state, batches(n, 3))
@@ -67,7 +67,7 @@ def test_a_variant_that_diverges_keeps_its_whole_state_while_the_others_step_on(
     pair = optimizer_for([0, 2])
     alone = init_train_state(stack_trees([s.params for s in others]), pair, rng=[0, 2])
     alone = alone.replace(opt_state=stack_trees([s.opt_state for s in others]), step=others[0].step)
-    pair_step = make_train_step(CONFIG, pair, donate=donate, variants=2)
+    pair_step = make_train_step(CONFIG, pair, donate=donate, variants=True)
     for n in range(3, 6):
         x, y = batches(n, 3)
         alone, _ = pair_step(alone, (x[[0, 2]], y[[0, 2]]))
@@ -78,7 +78,7 @@ def test_a_variant_that_diverges_keeps_its_whole_state_while_the_others_step_on(
 
 def test_a_variant_masked_out_by_the_loop_is_left_as_it_is():
     optimizer = optimizer_for([0, 1, 2])
-    step = make_train_step(CONFIG, optimizer, donate=True, variants=3)
+    step = make_train_step(CONFIG, optimizer, donate=True, variants=True)
     state, _ = step(fresh_state(optimizer, [0, 1, 2]), batches(0, 3))
     state = state.replace(active=torch.tensor([True, True, False]))  # as the loop masks a variant stopped at a boundary
     before = {name: leaf.clone() for name, leaf in tensors(state, 2).items()}
@@ -91,4 +91,4 @@ def test_a_variant_masked_out_by_the_loop_is_left_as_it_is():
 
 def test_variants_refuse_what_the_stacked_step_does_not_do():
     with pytest.raises(ValueError, match="variants"):
-        make_train_step(CONFIG, optimizer_for([0, 1]), variants=2, accumulate=2)
+        make_train_step(CONFIG, optimizer_for([0, 1]), variants=True, accumulate=2)

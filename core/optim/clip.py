@@ -5,7 +5,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from core.optim.base import EmptyState, GradientTransformation, global_norm, hyperparameter, scaled
-from core.optim.foreach import Scalar, is_per_variant
+from core.optim.foreach import Scalar, is_per_variant, non_blocking
 from core.tree import Tree, tree_flatten
 
 
@@ -17,7 +17,7 @@ def clip_scale(norm: Float[Tensor, "*variants"], max_norm: Scalar, eps: float = 
     Written as torch evaluates `number / tensor` (a reciprocal, then a product), so a (K,)
     max_norm gives each variant the factor its number would."""
     if isinstance(max_norm, Tensor):
-        max_norm = max_norm.to(norm)
+        max_norm = max_norm.to(norm, non_blocking=non_blocking(norm.device))
     return torch.where(norm > max_norm, (norm + eps).reciprocal() * max_norm, torch.ones_like(norm))
 
 

@@ -35,6 +35,13 @@ def is_per_variant(value: object) -> bool:
     return isinstance(value, Tensor) and value.ndim == 1
 
 
+def non_blocking(device: torch.device) -> bool:
+    """Whether a copy of a small pageable host tensor to `device` may be asynchronous: on CUDA (the
+    copy returns once the source is staged, so a temporary source may go at once), not on MPS (its
+    asynchronous copy can read a source already freed: pytorch/pytorch#189690)."""
+    return device.type == "cuda"
+
+
 def broadcast(value: Scalar, leaves: Sequence[Tensor]) -> Scalar | Leaves:
     """`value` as a foreach op takes it against `leaves`: a number or 0-d tensor as it is; a (K,)
     tensor as one (K, 1, ..., 1) view per leaf, on the leaf's device and in its dtype."""
@@ -47,7 +54,7 @@ def broadcast(value: Scalar, leaves: Sequence[Tensor]) -> Scalar | Leaves:
             raise ValueError(f"a stacked leaf of shape {tuple(leaf.shape)} for {value.shape[0]} variants")
         key = (leaf.device, leaf.dtype)
         if key not in converted:
-            converted[key] = value.to(device=leaf.device, dtype=leaf.dtype)
+            converted[key] = value.to(device=leaf.device, dtype=leaf.dtype, non_blocking=non_blocking(leaf.device))
         out.append(converted[key].view(-1, *([1] * (leaf.ndim - 1))))
     return out
 

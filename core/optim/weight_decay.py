@@ -21,6 +21,7 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Mask | None = None) ->
     `decay_matrices`): a 1-D gain is 2-D once stacked, and must still count as 1-D."""
     weight_decay = hyperparameter("add_decayed_weights", "weight_decay", weight_decay, lambda v: v >= 0.0, "be non-negative")
     per_variant = is_per_variant(weight_decay)
+    decays = bool((weight_decay != 0.0).any() if per_variant else weight_decay != 0.0)  # constant: once, not per step
 
     def init(params: Tree) -> EmptyState:
         return EmptyState()
@@ -32,7 +33,7 @@ def add_decayed_weights(weight_decay: Scalar = 0.0, mask: Mask | None = None) ->
             raise ValueError("add_decayed_weights: update needs the params")
         leaves, spec = tree_flatten(updates)
         param_leaves = leaves_like(params, spec, "add_decayed_weights: params")
-        if not leaves or not bool((weight_decay != 0.0).any() if per_variant else weight_decay != 0.0):
+        if not leaves or not decays:
             return updates, state
         one_model = variant_view(params) if per_variant else params
         chosen = [i for i, keep in enumerate(_mask_leaves(mask, one_model, spec)) if keep]

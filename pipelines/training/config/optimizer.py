@@ -46,9 +46,7 @@ def make_optimizer(configs: Configs) -> GradientTransformation:
     leaves) unless optim.decay_gains: a gain pulled towards 0 only rescales a normalised
     activation, which the next matrix can undo."""
     configs = _as_tuple(configs)
-    reason = why_not_stackable(configs)
-    if reason is not None:
-        raise UsageError(f"these variants cannot train as one group: {reason}")
+    check_stackable(configs)
     clip = clip_by_global_norm(_values(configs, "max_grad_norm"))
     adam = make_adamw(configs)
     config = configs[0]
@@ -71,6 +69,13 @@ def make_adamw(configs: Configs) -> GradientTransformation:
     mask = None if configs[0].optim.decay_gains else decay_matrices
     return adamw(schedule, b1=_values(configs, "beta1"), b2=_values(configs, "beta2"), eps=_values(configs, "eps"),
                  weight_decay=_values(configs, "weight_decay"), mask=mask)
+
+
+def check_stackable(configs: Configs) -> None:
+    """Refuses (UsageError) `configs` that cannot train as one group, saying why."""
+    reason = why_not_stackable(_as_tuple(configs))
+    if reason is not None:
+        raise UsageError(f"these variants cannot train as one group: {reason}")
 
 
 def why_not_stackable(configs: Sequence[TrainConfig]) -> str | None:

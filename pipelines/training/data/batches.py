@@ -117,12 +117,19 @@ def eval_batches(
         yield _windows(dataset, starts[begin : begin + batch_size], context_length, device)
 
 
-def _num_starts(num_tokens: int, context_length: int) -> int:
+def check_one_window(num_tokens: int, context_length: int, path: str | Path | None = None) -> None:
+    """Refuses a split of `num_tokens` too short for one window of `context_length` + 1 tokens,
+    naming its file `path` when given."""
     if num_tokens < context_length + 1:
+        what = "dataset has" if path is None else f"{path} holds"
         raise UsageError(
-            f"dataset has {num_tokens} tokens, fewer than context_length + 1 = {context_length + 1}; "
+            f"{what} {num_tokens} tokens, fewer than context_length + 1 = {context_length + 1}; "
             "use more data or a shorter context"
         )
+
+
+def _num_starts(num_tokens: int, context_length: int) -> int:
+    check_one_window(num_tokens, context_length)
     return num_tokens - context_length
 
 

@@ -33,7 +33,7 @@ from pipelines.tokenizer.encode import encode_file
 from pipelines.tokenizer.store import load_tokenizer, save_tokenizer
 from pipelines.tokenizer.train import train_bpe
 from pipelines.training.config.config import TrainConfig
-from pipelines.training.data.batches import check_tokens, eval_starts, open_tokens
+from pipelines.training.data.batches import check_one_window, check_tokens, eval_starts, open_tokens
 from pipelines.training.data.download import cache_dir, fetch_dataset
 from pipelines.training.data.tokenizer_match import check_same_tokenizer
 from pipelines.training.storage.run_dir import TOKENIZER_DIR, checkpoint_path
@@ -70,11 +70,7 @@ def open_training_data(config: TrainConfig, run_tokenizer: Path | None = None, r
     train_tokens, valid_tokens = open_tokens(files.train), open_tokens(files.valid)
     for path, tokens in ((files.train, train_tokens), (files.valid, valid_tokens)):
         check_tokens(tokens, config.model.vocab_size, name=str(path))
-        if len(tokens) <= config.model.context_length:  # not one window: refused before the run directory exists
-            raise UsageError(
-                f"{path} holds {len(tokens)} tokens, fewer than context_length + 1 = {config.model.context_length + 1}; "
-                "use more data or a shorter context"
-            )
+        check_one_window(len(tokens), config.model.context_length, path)  # refused before the run directory exists
     starts = eval_starts(len(valid_tokens), config.model.context_length, config.eval.windows)
     return TrainingData(train_tokens, valid_tokens, starts, files.tokenizer)
 

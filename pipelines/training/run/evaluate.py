@@ -22,7 +22,7 @@ def evaluate(
     starts = data.valid_starts[processes.rank :: processes.world]
     with torch.inference_mode():
         for x, y in eval_batches(data.valid, starts, batch_size, context, device):
-            total = total + loss(params, x, y).double().cpu().reshape(-1) * len(x)
+            total = total + loss(params, x, y).cpu().double().reshape(-1) * len(x)
     totals = torch.as_tensor(total, dtype=torch.float64).reshape(-1).tolist()
     *totals, count = sum_over_processes([*totals, float(len(starts))], processes, device)
     return [value / count for value in totals]

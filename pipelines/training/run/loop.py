@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from core.gns import NoiseScale, two_batch_estimates
-from core.stack import unstack_tree
+from core.stack import variant_view
 from core.train_state import TrainState
 from core.train_step import Metrics
 from pipelines.training.config.config import TrainConfig
@@ -74,12 +74,12 @@ def train_variants(configs: Sequence[TrainConfig], *, resume: bool = False) -> l
             for log in run.logs:
                 logs.callback(log.close)
             state, progress = train_loop(run, state, stop)
-        for k, (config, one) in enumerate(zip(run.configs, progress, strict=True)):
-            if not run.processes.main:
-                continue
-            params = state.params if not run.stacked else unstack_tree(state.params, k) if one.outcome.status == "completed" else None
-            finish(config, one, params, run.data, tokens_per_step=run.tokens_per_step, flops_per_step=run.flops_per_step,
-                   peak_flops=run.peak_flops, named=run.stacked)
+        if run.processes.main:
+            for k, (config, one) in enumerate(zip(run.configs, progress, strict=True)):
+                # finish only samples from the params: a view of the stack, no copy
+                params = variant_view(state.params, k) if run.stacked else state.params
+                finish(config, one, params, run.data, tokens_per_step=run.tokens_per_step, flops_per_step=run.flops_per_step,
+                       peak_flops=run.peak_flops, named=run.stacked)
     finally:
         run.release()
     return [(run.run_dir(k), one.outcome.status) for k, one in enumerate(progress)]
@@ -189,7 +189,11 @@ def _log_training(run: Run, state: TrainState, pending: list[Metrics], progress:
     bar.update(state.step - bar.n)
     training = [one.train_loss for _, one in _training(progress)]
     postfix = {"loss": f"{min(training):.3f}", "tok_s": f"{len(training) * tokens_per_s:.0f}", "mfu": f"{flops_per_s / run.peak_flops:.1%}"}
-    bar.set_postfix(postfix | ({"training": f"{len(training)}/{len(progress)}"} if run.stacked else {"lr": f"{row['lr']:.2e}"}))
+    if run.stacked:
+        postfix["training"] = f"{len(training)}/{len(progress)}"
+    else:
+        postfix["lr"] = f"{run.schedules[0](state.step - 1):.2e}"  # the rate of the step just taken, as logged
+    bar.set_postfix(postfix)
 
 
 def _noise_scale(run: Run, noise: NoiseScale, pending: list[Metrics], norms: torch.Tensor) -> NoiseScale:

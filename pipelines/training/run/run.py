@@ -1,7 +1,7 @@
 """What stays fixed while a run trains (`Run`), for one run or K variants trained together.
 
 One run trains one model (on one process or, data-parallel, on several). K variants (a vectorised
-sweep) train as K stacked models in one process (core/train_step.py, `variants=K`): each has its
+sweep) train as K stacked models in one process (core/train_step.py, `variants=True`): each has its
 own run directory, log, checkpoints and summary, exactly as if it had trained alone. Index k is
 variant k throughout; a run alone is variant 0 of 1.
 """
@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from core.optim import GradientTransformation
 from core.stack import variant_view
 from core.train_state import TrainState, variant_state
-from core.train_step import Autocast, Loss, TrainStep
+from core.train_step import Loss, TrainStep
 from params.finite import non_finite_param
 from pipelines.files.atomic import link_atomic
 from pipelines.training.config.config import TrainConfig
@@ -46,12 +45,10 @@ class NoLog:
 class Run:
     configs: tuple[TrainConfig, ...]  # one per variant; they differ only in per-variant settings
     data: TrainingData  # shared: the variants differ in neither data nor tokenizer
-    optimizer: GradientTransformation
     schedules: tuple[Callable[[int], float], ...]  # each variant's learning rate by step, for the logs
     train_step: TrainStep  # (state, batch) -> (state, metrics): donated and checked (core/train_step.py)
     batch_loss: Loss  # (params, x, y) -> each variant's loss on its own batch, for the checkpoint check
     eval_loss: Loss  # (params, x, y) -> each variant's loss on one shared batch, for validation
-    autocast: Autocast
     device: torch.device
     processes: Processes
     sharding: Sharding | None  # how the optimizer state is split over processes (--shard_optimizer)

@@ -30,7 +30,7 @@ from core.tree import tree_leaves
 from params.init import count_params, init_params
 from pipelines.files.atomic import remove_stale_temporaries, write_atomic
 from pipelines.training.config.config import TrainConfig, with_overrides
-from pipelines.training.config.optimizer import make_optimizer, make_schedule
+from pipelines.training.config.optimizer import check_stackable, make_optimizer, make_schedule
 from pipelines.training.data.prepare import TrainingData, open_training_data, with_run_tokenizer
 from pipelines.training.distributed.grad_sync import BucketedGradSync
 from pipelines.training.distributed.processes import Processes, broadcast_object, broadcast_tree, start_processes
@@ -46,7 +46,9 @@ from pipelines.training.storage.run_dir import CONFIG_FILE, FINAL, TOKENIZER_DIR
 from pipelines.training.storage.run_lock import RunLock, check_run_dir_free, lock_run_dir
 
 # On the CPU, vmap runs torch's fused attention kernel once per variant (it has no batching rule
-# there), and torch warns about it; that is what K runs one by one do anyway.
+# there), and torch warns about it; that is what K runs one by one do anyway. CUDA's fused kernels
+# have batching rules, so only stacked steps and losses off CUDA are wrapped (MPS too, to be safe):
+# catch_warnings costs every call and resets the once-only warning registry.
 VMAP_FALLBACK_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
 
 
@@ -55,7 +57,7 @@ def start(configs: Sequence[TrainConfig], *, resume: bool) -> tuple[Run, TrainSt
     for the life of the run), open the data, build the step, and initialise or load the state.
     None, after saying so, when `resume` finds every run already complete: nothing to do."""
     configs = tuple(configs)
-    make_optimizer(configs)  # refuses variants that cannot train together, before any work
+    check_stackable(configs)  # before any work
     processes, device = start_processes(require_device(configs[0].device), configs[0].timeout_s)
     if configs[0].gns:
         configs[0].gns_batch_sizes(processes.world)  # refused here, before any work, without two sizes
@@ -68,16 +70,15 @@ def start(configs: Sequence[TrainConfig], *, resume: bool) -> tuple[Run, TrainSt
     checked = _on_main_first(processes, lambda: _open_data(configs, saved, main=True))
     # The others open what the main process checked (and cached), while it takes the run directory.
     data, wandb = checked if processes.main else _open_data(configs, saved, main=False)
-    locks = _on_main_first(processes, lambda: _take_run_dirs(configs))
+    locks = _on_main_first(processes, lambda: _take_run_dirs(configs)) or ()  # the others hold none
     try:
         # The main process copies the tokenizer into each run directory; the others then only read it.
         copied = _on_main_first(processes, lambda: _with_run_tokenizers(data, configs))
         data = copied if processes.main else _with_run_tokenizers(data, configs)
-        return _build_run(configs, device, processes, saved, data, wandb, locks or ())
+        return _build_run(configs, device, processes, saved, data, wandb, locks)
     except BaseException:
-        for config, lock in zip(configs, locks or ()):
+        for config, lock in zip(configs, locks):
             remove_if_unstarted(config.run_dir)  # a start that fails leaves no run directory
-            lock.release()
             lock.release()
         raise
 
@@ -216,12 +217,12 @@ def _build_run(
     train_step = make_train_step(
         config.model, sharding.optimizer(config) if sharding else optimizer, grad_mode=config.grad_mode,  # type: ignore[arg-type]
         autocast=autocast, compile=config.compile, donate=True, accumulate=config.grad_accum, sync=sync, gns=config.gns,
-        variants=len(configs) if stacked else None,
+        variants=stacked,
     )
     if sharding is not None:
         train_step = sharding.stepping(train_step)
     batch_loss, eval_loss = (make_loss(config.model, autocast, variants=stacked, shared_batch=shared) for shared in (False, True))
-    if stacked:
+    if stacked and device.type != "cuda":  # CUDA's fused attention kernels have batching rules: no warning to hide
         train_step, batch_loss, eval_loss = _quiet(train_step), _quiet(batch_loss), _quiet(eval_loss)
     peak, source = peak_flops(device, autocast[1] if autocast else torch.float32)
     logs: tuple = (NoLog(),)
@@ -231,8 +232,8 @@ def _build_run(
         _announce(configs, device, processes, peak, source, data, state.step, resumed=saved[0] is not None)
     tokenizer = data.tokenizer.fingerprint() if data.tokenizer else None
     run = Run(
-        configs=configs, data=data, optimizer=optimizer, schedules=tuple(make_schedule(one) for one in configs),
-        train_step=train_step, batch_loss=batch_loss, eval_loss=eval_loss, autocast=autocast,
+        configs=configs, data=data, schedules=tuple(make_schedule(one) for one in configs),
+        train_step=train_step, batch_loss=batch_loss, eval_loss=eval_loss,
         device=device, processes=processes, sharding=sharding, logs=logs,
         flops_per_step=training_step_flops(config.model, config.data.batch_size * config.grad_accum), peak_flops=peak,
         metas=tuple({"model_config": one.model.to_dict(), "train_config": one.to_dict(), "tokenizer": tokenizer} for one in configs),
