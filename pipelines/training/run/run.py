@@ -138,4 +138,3 @@ class Run:
     def release(self) -> None:
         for lock in self.locks:
             lock.release()
-
