@@ -25,4 +25,3 @@ def cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tensor, "*
 def fused_cross_entropy(logits: Float[Tensor, "*batch vocab"], targets: Int[Tensor, "*batch"]) -> Float[Tensor, ""]:
     """cross_entropy() through F.cross_entropy, in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-

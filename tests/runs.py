@@ -70,4 +70,3 @@ def children(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return found
-

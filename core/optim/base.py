@@ -148,4 +148,3 @@ def leaves_like(tree: Tree, spec: Any, what: str) -> list[Any]:
     if tree_spec != spec:
         raise ValueError(f"{what} does not have the structure of the updates ({tree_spec} vs {spec})")
     return leaves
-

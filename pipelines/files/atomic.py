@@ -187,4 +187,3 @@ def remove_stale_temporaries(folder: str | os.PathLike, of: str | None = None) -
         else:
             path.unlink(missing_ok=True)
     return stale
-
