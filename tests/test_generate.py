@@ -25,9 +25,6 @@ from pipelines.training.storage.run_dir import checkpoint_path
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def params():
     return init_params(CONFIG, torch.Generator().manual_seed(0))

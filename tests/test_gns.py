@@ -22,7 +22,6 @@ from pipelines.training.cli import main
 from pipelines.training.storage.metrics import read_metrics
 from tests.runs import ROOT, TINY, trainer_command
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 GNS_KEYS = {"gns_b_simple", "gns_grad_sq", "gns_trace"}
 # The tolerance of the statistical checks: the mean of R independent unbiased estimates lies within

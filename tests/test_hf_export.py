@@ -38,7 +38,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = "the a cat dog sat ran on mat big small red blue and was happy sad Lily Tom saw ball played with".split()
 

@@ -165,7 +165,6 @@ draws = st.sampled_from(sorted(CASES)).flatmap(
     lambda recipe: st.tuples(st.just(recipe), st.sampled_from(CASES[recipe].flags), st.sampled_from(EDGES)))
 
 
-@pytest.mark.usefixtures("one_thread")
 @given(draw=draws)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_number_is_refused_in_one_line_or_works(draw, inputs, tmp_path_factory, capsys):
@@ -173,7 +172,6 @@ def test_every_number_is_refused_in_one_line_or_works(draw, inputs, tmp_path_fac
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 @given(draw=draws)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_number_is_refused_in_one_line_or_works_long(draw, inputs, tmp_path_factory, capsys):

@@ -17,7 +17,6 @@ README = ROOT / "README.md"
 RESEARCH = ROOT / "docs" / "research.md"
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("page", [README, RESEARCH], ids=lambda page: page.name)
 def test_python_examples_run(page):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)

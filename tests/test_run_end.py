@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import orjson
-import pytest
 import torch
 
 from pipelines.training.cli import main
@@ -18,7 +17,6 @@ from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import FINAL, checkpoint_path
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {
     "model.vocab_size": 264, "model.context_length": 16, "model.d_model": 16, "model.num_layers": 1, "model.num_heads": 2,

@@ -25,8 +25,6 @@ from tests.runs import ROOT, TINY, tiny_config, trainer_command
 TEXT_FLAGS = ["--model.vocab_size", "300", "--model.context_length", "16", "--model.d_model", "32", "--model.num_layers", "1",
               "--model.num_heads", "2", "--data.batch_size", "4", "--eval.windows", "4", "--sample.count", "0", "--max_steps", "2"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def text_dir(tmp_path: Path) -> Path:

@@ -32,7 +32,6 @@ from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.config.optimizer import make_optimizer, why_not_stackable
 from pipelines.training.storage.run_dir import FINAL, checkpoint_path
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 264  # above the 257 ids of the byte tokenizer the data comes with
