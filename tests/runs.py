@@ -40,10 +40,20 @@ def tiny_config(data: Path, run_dir: Path, overrides: dict | None = None) -> Tra
     return resolve_config("tinystories", "cpu-small", {**TINY, "data.path": str(data), "run_dir": str(run_dir), **(overrides or {})})
 
 
+# The trainer's command run in a process of its own; its arguments follow.
+TRAINER = [sys.executable, "-m", "pipelines.training.cli"]
+
+
+def trainer_argv(data: Path, run_dir: Path, settings: dict, *extra: str) -> list[str]:
+    """The trainer's arguments (what follows TRAINER, what its main() takes) on the TinyStories
+    cpu-small preset with `settings` set, then `extra`."""
+    return ["tinystories", "--preset", "cpu-small", "--data.path", str(data), "--run_dir", str(run_dir),
+            *[f"--set={k}={v}" for k, v in settings.items()], *extra]
+
+
 def trainer_command(data: Path, run_dir: Path, settings: dict, *extra: str) -> list[str]:
-    """The trainer's command line on the TinyStories cpu-small preset with `settings` set."""
-    return [sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--data.path", str(data),
-            "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in settings.items()], *extra]
+    """The trainer's command line: TRAINER and trainer_argv's arguments."""
+    return [*TRAINER, *trainer_argv(data, run_dir, settings, *extra)]
 
 
 def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, timeout: float = 120.0) -> None:
