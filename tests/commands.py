@@ -16,6 +16,14 @@ from types import ModuleType
 ROOT = Path(__file__).parent.parent
 # Recipes that are not commands of the project: they install it or run pytest.
 NOT_COMMANDS = {"setup", "test", "test-all"}
+# A recipe's first line, "NAME PARAMETERS...: DEPENDENCIES" (not a "NAME := VALUE" assignment).
+RECIPE_HEADER = re.compile(r"^([a-z][\w-]*)\b[^:=]*:(?!=)")
+
+
+def recipes() -> set[str]:
+    """The names of the justfile's recipes."""
+    lines = (ROOT / "justfile").read_text().splitlines()
+    return {header.group(1) for header in map(RECIPE_HEADER.match, lines) if header}
 
 
 @functools.cache
@@ -23,7 +31,7 @@ def recipe_modules() -> dict[str, str]:
     """{recipe: module} for every recipe that runs a module; "bench NAME" for each benchmark."""
     modules, recipe = {}, None
     for line in (ROOT / "justfile").read_text().splitlines():
-        header = re.match(r"^([a-z][\w-]*)\b[^:=]*:", line)
+        header = RECIPE_HEADER.match(line)
         if header:
             recipe = header.group(1)
         found = re.search(r"\{\{python\}\} -m ([\w.{}]+)", line)
