@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the project's folder
 # Recipes that are not commands of the project: they install it or run pytest.
 NOT_COMMANDS = {"setup", "test", "test-all"}
 # A recipe's first line, "NAME PARAMETERS...: DEPENDENCIES" (not a "NAME := VALUE" assignment).

@@ -14,7 +14,6 @@ from pipelines.training.config.config import TrainConfig, resolve_config
 from pipelines.training.storage.run_dir import METRICS_FILE
 from tests.inputs import EOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # A model and a schedule small enough that a run of tens of steps takes seconds, over `token_data`.
 TINY = {
     "model.vocab_size": 32, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,

@@ -20,7 +20,8 @@ from params.init import init_params
 from pipelines.experiments.plot import plot_runs
 from pipelines.training.cli import main
 from pipelines.training.storage.metrics import read_metrics
-from tests.runs import ROOT, TINY, trainer_argv, trainer_command
+from tests.commands import ROOT
+from tests.runs import TINY, trainer_argv, trainer_command
 
 
 GNS_KEYS = {"gns_b_simple", "gns_grad_sq", "gns_trace"}

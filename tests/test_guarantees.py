@@ -15,7 +15,8 @@ import torch
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.cli import main
 from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
-from tests.runs import ROOT, TINY, TRAINER, trainer_argv, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TINY, TRAINER, trainer_argv, wait_for_progress
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

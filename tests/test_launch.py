@@ -21,7 +21,8 @@ from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
-from tests.runs import ROOT, TRAINER, children, tiny_config, trainer_argv, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TRAINER, children, tiny_config, trainer_argv, wait_for_progress
 
 SETTINGS = {
     "model.vocab_size": 512, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,

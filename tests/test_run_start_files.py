@@ -19,7 +19,8 @@ from pipelines.training.run.loop import train
 from pipelines.training.storage.metrics import MetricsLog, cut_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, FINAL, METRICS_FILE, SUMMARY_FILE, checkpoint_path, remove_if_unstarted
 from tests.inputs import EOT, STORY
-from tests.runs import ROOT, TINY, tiny_config, trainer_command, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TINY, tiny_config, trainer_command, wait_for_progress
 
 TEXT_FLAGS = ["--model.vocab_size", "300", "--model.context_length", "16", "--model.d_model", "32", "--model.num_layers", "1",
               "--model.num_heads", "2", "--data.batch_size", "4", "--eval.windows", "4", "--sample.count", "0", "--max_steps", "2"]

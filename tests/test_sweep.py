@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -13,6 +12,7 @@ import pytest
 
 from pipelines.experiments import experiment_log
 from pipelines.experiments.sweep import Variant, main, make_variants
+from tests.commands import ROOT
 from tests.runs import wait_for_progress
 
 TINY = [
@@ -113,8 +113,7 @@ def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, dat
         "--threads", "1", "--set", f"data.path={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
         "--set", "checkpoint_every=1000000", *[item for pair in settings for item in ("--set", pair)],
     ]
-    root = Path(__file__).parent.parent
-    sweep = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    sweep = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
     wait_for_progress(sweep, out / "seed=0", rows=3)  # a sweep that ended early fails on its summary below
     sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=120)

@@ -32,7 +32,8 @@ from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.config.presets import preset_for_device
 from pipelines.training.storage.run_dir import checkpoint_path
-from tests.runs import ROOT, TINY, tiny_config, trainer_argv, trainer_command, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TINY, tiny_config, trainer_argv, trainer_command, wait_for_progress
 
 def saved_state(run_dir: Path, config: TrainConfig) -> TrainState:
     return load_train_state(read_train_state(checkpoint_path(run_dir)), config.model, make_optimizer(config))

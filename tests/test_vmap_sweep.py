@@ -30,10 +30,10 @@ from pipelines.training.run.loop import train
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.config.optimizer import make_optimizer, why_not_stackable
 from pipelines.training.storage.run_dir import FINAL, checkpoint_path
+from tests.commands import ROOT
 from tests.runs import wait_for_progress
 
 
-ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 264  # above the 257 ids of the byte tokenizer the data comes with
 TINY = {
     "model.vocab_size": VOCAB, "model.context_length": 16, "model.d_model": 16, "model.num_layers": 1, "model.num_heads": 2,
