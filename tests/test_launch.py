@@ -22,6 +22,7 @@ from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
 from tests.commands import ROOT
+from tests.inputs import EOT
 from tests.runs import TRAINER, children, tiny_config, trainer_argv, wait_for_progress
 
 SETTINGS = {
@@ -40,7 +41,7 @@ def text_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "text"
     directory.mkdir()
     for name, stories in (("train.txt", 300), ("valid.txt", 60)):
-        text = "<|endoftext|>".join(" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(stories))
+        text = EOT.join(" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(stories))
         (directory / name).write_text(text)
     return directory
 

@@ -30,6 +30,7 @@ from core.errors import UsageError
 from pipelines.training.config.config import field_types
 from pipelines.training.hardware.fits import check_fits
 from tests.commands import command_module, recipe_modules
+from tests.inputs import EOT
 
 EDGES = ["0", "-1", "-3", "0.5", "1", "2", "3", "1.5", "1e-300", "1e10", "1e400", "inf", "-inf", "nan",
          str(2**31), str(2**63), str(10**23), "abc", ""]
@@ -105,7 +106,7 @@ def inputs(tmp_path_factory) -> dict:
     text = root / "text" / "train.txt"
     text.parent.mkdir()
     text.write_text("".join(f"Once upon a time there was a cat number {i}.\n\n" for i in range(300)))
-    tokenizer = train_tokenizer(text, 300, ["<|endoftext|>"], root / "tok")
+    tokenizer = train_tokenizer(text, 300, [EOT], root / "tok")
     tokens = root / "tokens"
     tokens.mkdir()
     for split in ("train", "valid"):
