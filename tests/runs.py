@@ -68,15 +68,20 @@ def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, t
         time.sleep(0.02)
 
 
+def process_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the process's name: state, ppid, ... (OSError where the
+    process is gone)."""
+    # "pid (name) state ppid ...": the name may hold spaces and parentheses, so read after the last ')'.
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, so read after ')'.
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if entry.name.isdigit() and int(process_stat(entry.name)[1]) == pid:
                 found.append(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue
     return found
-

@@ -23,7 +23,7 @@ from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, chec
 from pipelines.training.storage.run_lock import lock_run_dir
 from tests.commands import ROOT
 from tests.inputs import EOT
-from tests.runs import TRAINER, children, tiny_config, trainer_argv, wait_for_progress
+from tests.runs import TRAINER, children, process_stat, tiny_config, trainer_argv, wait_for_progress
 
 SETTINGS = {
     "model.vocab_size": 512, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
@@ -163,7 +163,7 @@ def test_killing_the_launcher_stops_its_workers_and_frees_the_run_directory(text
 def alive(pid: int) -> bool:
     """Running (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return process_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 
