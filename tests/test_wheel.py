@@ -42,4 +42,3 @@ def test_every_module_is_in_the_wheel(wheel: Path) -> None:
     missing = sorted(module for module in source_modules() if module not in names)
     assert not missing, f"modules missing from {wheel.name}: {missing}"
     assert "core/optim/__init__.py" in names
-
