@@ -2,7 +2,6 @@
 agreement with tiktoken's GPT-2, round trips, and that streaming and cutting never change the ids."""
 
 from collections import Counter
-from functools import cache
 
 import pytest
 from hypothesis import example, given, settings
@@ -12,40 +11,19 @@ from conftest import examples, shared_path
 from core.bpe import train_bpe_from_counts
 from core.pretokenize import first_safe_cut, last_safe_cut, special_token_regex, stable_length
 from core.tokenizer import Tokenizer
-
-EOT = "<|endoftext|>"
-# Overlapping special tokens: the longest match must win wherever text is cut or streamed.
-SPECIALS = [EOT, EOT + EOT]
-
-# Pieces that reach every branch of the GPT-2 pattern: contractions, letters, digits, punctuation,
-# each kind of whitespace, a combining mark, an astral character, and parts of the special token.
-_pieces = st.sampled_from(
-    [*"'sdmtlvre aZé1٣½.!—\n\t\r\u00a0\u3000\u0301😀<|>", "'ll", "'ve", "'re", "  ", "\n\n", EOT, "<|endoftext", "endoftext|>"]
-)
-texts = st.one_of(
-    st.text(max_size=60),
-    st.lists(_pieces, max_size=40).map("".join),
-    st.lists(st.one_of(st.text(max_size=8), st.just(EOT)), max_size=8).map("".join),
-)
-
-
-@cache
-def _gpt2(specials: tuple[str, ...]) -> Tokenizer:
-    return Tokenizer.from_files(
-        shared_path("fixtures/gpt2_vocab.json"), shared_path("fixtures/gpt2_merges.txt"), list(specials)
-    )
+from properties.tokenizer_inputs import EOT, SPECIALS, load_gpt2, pieces, texts
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> Tokenizer:
-    return _gpt2((EOT,))
+    return load_gpt2((EOT,))
 
 
 @pytest.fixture(scope="module", params=[SPECIALS, []], ids=["overlapping-specials", "no-specials"])
 def gpt2_variant(request) -> Tokenizer:
     """GPT-2 with overlapping special tokens (cuts must respect them), or with none (cuts then
     rest on the pre-token pattern alone)."""
-    base = _gpt2((EOT,))
+    base = load_gpt2((EOT,))
     return Tokenizer(base.vocab, base.merges, request.param)
 
 
@@ -94,7 +72,7 @@ def test_encode_iterable_gives_the_ids_of_the_whole_text_however_it_is_chunked(g
 
 
 @settings(max_examples=examples(200))
-@given(text=st.lists(_pieces, max_size=80).map("".join), data=st.data())
+@given(text=st.lists(pieces, max_size=80).map("".join), data=st.data())
 def test_safe_cuts_split_text_into_independently_tokenized_pieces(gpt2_variant, text, data):
     raw = text.encode("utf-8")
     specials = [token.encode() for token in gpt2_variant.special_tokens]

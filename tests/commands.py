@@ -2,8 +2,9 @@
 
 Each recipe that runs `{{python}} -m MODULE` is a command whose MODULE has `parser()` (the
 project's CommandParser) and `main(argv)`; `just bench NAME` is one command per bench/NAME.py.
-Tests of the command lines (flag spelling, README's commands, numbers checked) take their list
-from here, so a new recipe is covered without editing them.
+Tests of the command lines take their list from here: flag spelling and README's commands cover a
+new recipe without editing them; the numbers-checked test's cases are written by hand (each needs
+a working command line), and it fails when a recipe whose parser reads numbers has none.
 """
 
 import functools
@@ -13,9 +14,17 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the project's folder
 # Recipes that are not commands of the project: they install it or run pytest.
 NOT_COMMANDS = {"setup", "test", "test-all"}
+# A recipe's first line, "NAME PARAMETERS...: DEPENDENCIES" (not a "NAME := VALUE" assignment).
+RECIPE_HEADER = re.compile(r"^([a-z][\w-]*)\b[^:=]*:(?!=)")
+
+
+def recipes() -> set[str]:
+    """The names of the justfile's recipes."""
+    lines = (ROOT / "justfile").read_text().splitlines()
+    return {header.group(1) for header in map(RECIPE_HEADER.match, lines) if header}
 
 
 @functools.cache
@@ -23,7 +32,7 @@ def recipe_modules() -> dict[str, str]:
     """{recipe: module} for every recipe that runs a module; "bench NAME" for each benchmark."""
     modules, recipe = {}, None
     for line in (ROOT / "justfile").read_text().splitlines():
-        header = re.match(r"^([a-z][\w-]*)\b[^:=]*:", line)
+        header = RECIPE_HEADER.match(line)
         if header:
             recipe = header.group(1)
         found = re.search(r"\{\{python\}\} -m ([\w.{}]+)", line)

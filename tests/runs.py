@@ -14,7 +14,6 @@ from pipelines.training.config.config import TrainConfig, resolve_config
 from pipelines.training.storage.run_dir import METRICS_FILE
 from tests.inputs import EOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # A model and a schedule small enough that a run of tens of steps takes seconds, over `token_data`.
 TINY = {
     "model.vocab_size": 32, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
@@ -40,10 +39,20 @@ def tiny_config(data: Path, run_dir: Path, overrides: dict | None = None) -> Tra
     return resolve_config("tinystories", "cpu-small", {**TINY, "data.path": str(data), "run_dir": str(run_dir), **(overrides or {})})
 
 
+# The trainer's command run in a process of its own; its arguments follow.
+TRAINER = [sys.executable, "-m", "pipelines.training.cli"]
+
+
+def trainer_argv(data: Path, run_dir: Path, settings: dict, *extra: str) -> list[str]:
+    """The trainer's arguments (what follows TRAINER, what its main() takes) on the TinyStories
+    cpu-small preset with `settings` set, then `extra`."""
+    return ["tinystories", "--preset", "cpu-small", "--data.path", str(data), "--run_dir", str(run_dir),
+            *[f"--set={k}={v}" for k, v in settings.items()], *extra]
+
+
 def trainer_command(data: Path, run_dir: Path, settings: dict, *extra: str) -> list[str]:
-    """The trainer's command line on the TinyStories cpu-small preset with `settings` set."""
-    return [sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--data.path", str(data),
-            "--run_dir", str(run_dir), *[f"--set={k}={v}" for k, v in settings.items()], *extra]
+    """The trainer's command line: TRAINER and trainer_argv's arguments."""
+    return [*TRAINER, *trainer_argv(data, run_dir, settings, *extra)]
 
 
 def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, timeout: float = 120.0) -> None:
@@ -59,13 +68,19 @@ def wait_for_progress(process: subprocess.Popen, run_dir: Path, rows: int = 1, t
         time.sleep(0.02)
 
 
+def process_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the process's name: state, ppid, ... (OSError where the
+    process is gone)."""
+    # "pid (name) state ppid ...": the name may hold spaces and parentheses, so read after the last ')'.
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, so read after ')'.
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if entry.name.isdigit() and int(process_stat(entry.name)[1]) == pid:
                 found.append(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue

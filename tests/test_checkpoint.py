@@ -30,6 +30,7 @@ from pipelines.training.storage.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
+from tests.commands import ROOT
 
 
 class _Net(torch.nn.Module):
@@ -206,7 +207,7 @@ checkpoint.save_checkpoint(model, optimizer, 2, sys.argv[1])
 
 def test_a_kill_mid_save_leaves_the_last_checkpoint_and_a_temporary_that_start_removes(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_SAVE, str(path)], cwd=Path(__file__).parents[1],
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_SAVE, str(path)], cwd=ROOT,
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "written\n"

@@ -29,7 +29,8 @@ from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, check
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.distributed.sharding import Sharding
 from pipelines.training.run.start import _first_state
-from tests.runs import ROOT, TINY, children, tiny_config, trainer_command, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TINY, children, tiny_config, trainer_command, wait_for_progress
 
 CONFIGS = {
     "baseline": ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2),

@@ -15,12 +15,13 @@ from pipelines.training import cli
 from pipelines.training.data import download as dl
 from pipelines.training.data.prepare import find_split
 from pipelines.training.config.presets import PRESETS
+from tests.inputs import EOT
 
-END = b"<|endoftext|>"
+END = EOT.encode()
 TIMEOUT = 5.0
 # ~3.6 MiB of stories of varied length, so 1 and 2 MiB prefixes cut at different stories.
-TRAIN = b"".join(f"Story {i}.{' Then a thing happened.' * (i % 37)}\n<|endoftext|>\n".encode() for i in range(12_000))
-VALID = b"".join(f"Valid story {i}.\n<|endoftext|>\n".encode() for i in range(300))
+TRAIN = b"".join(f"Story {i}.{' Then a thing happened.' * (i % 37)}\n{EOT}\n".encode() for i in range(12_000))
+VALID = b"".join(f"Valid story {i}.\n{EOT}\n".encode() for i in range(300))
 TRAIN_NAME, VALID_NAME = dl.TINYSTORIES_FILES["train"], dl.TINYSTORIES_FILES["valid"]
 
 

@@ -15,8 +15,7 @@ from pipelines.files.atomic import (
     DiskFull, build_folder, copy_folder, is_temporary, link_atomic, remove_stale_temporaries, temporary_path, write_atomic,
 )
 from pipelines.files.lock import Busy, acquire, hold, lock_path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.commands import ROOT
 
 
 def test_the_cleanup_matches_every_temporary_the_writer_names_and_nothing_else(tmp_path):

@@ -21,11 +21,9 @@ from pipelines.training.run.loop import train
 from pipelines.training.config.config import resolve_config
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.storage.run_dir import checkpoint_path
+from tests.inputs import EOT
 
 CONFIG = ModelConfig(vocab_size=40, context_length=12, d_model=32, num_layers=2, num_heads=4)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +90,7 @@ def test_a_run_trained_on_text_generates_stories(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"
     data.mkdir()
-    story = "Once upon a time there was a cat. The cat liked to play with a ball.\n<|endoftext|>\n"
+    story = f"Once upon a time there was a cat. The cat liked to play with a ball.\n{EOT}\n"
     (data / "train.txt").write_text(story * 60)
     (data / "valid.txt").write_text(story * 10)
     config = resolve_config("tinystories", "cpu-small", {
@@ -166,7 +164,7 @@ def test_a_checkpoint_with_non_finite_weights_cannot_generate(tmp_path):
         "model.vocab_size": 300, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1,
         "model.num_heads": 2, "run_dir": str(tmp_path / "run"),
     })
-    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [], [EOT])
     save_tokenizer(tokenizer, tmp_path / "run" / "tokenizer")
     state = init_train_state(init_params(config.model, torch.Generator().manual_seed(0)), make_optimizer(config), rng=0)
     path = checkpoint_path(tmp_path / "run")

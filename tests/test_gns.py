@@ -20,9 +20,9 @@ from params.init import init_params
 from pipelines.experiments.plot import plot_runs
 from pipelines.training.cli import main
 from pipelines.training.storage.metrics import read_metrics
-from tests.runs import ROOT, TINY, trainer_command
+from tests.commands import ROOT
+from tests.runs import TINY, trainer_argv, trainer_command
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 GNS_KEYS = {"gns_b_simple", "gns_grad_sq", "gns_trace"}
 # The tolerance of the statistical checks: the mean of R independent unbiased estimates lies within
@@ -129,11 +129,6 @@ def test_with_one_micro_batch_the_small_gradient_is_the_whole_one():
     assert "micro_grad_sq" not in metrics
 
 
-def _cli(token_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["--preset", "cpu-small", "--data.path", str(token_dir), "--run_dir", str(run_dir),
-            *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
-
-
 def _noise_rows(run_dir: Path) -> list[dict]:
     rows = [r for r in read_metrics(run_dir) if "train_loss" in r]
     assert rows and all(GNS_KEYS <= set(r) for r in rows)
@@ -142,13 +137,13 @@ def _noise_rows(run_dir: Path) -> list[dict]:
 
 def test_gns_through_the_trainer_logs_the_noise_scale_and_plot_draws_it(token_dir, tmp_path):
     run_dir = tmp_path / "run"
-    assert main(_cli(token_dir, run_dir, "--gns", "--grad_accum", "2", "--max_steps", "20")) == 0
+    assert main(trainer_argv(token_dir, run_dir, TINY, "--gns", "--grad_accum", "2", "--max_steps", "20")) == 0
     rows = _noise_rows(run_dir)
     last = rows[-1]
     assert last["gns_trace"] > 0 and last["gns_grad_sq"] > 0
     assert last["gns_b_simple"] == pytest.approx(last["gns_trace"] / last["gns_grad_sq"])
     plain = tmp_path / "plain"
-    assert main(_cli(token_dir, plain, "--max_steps", "5")) == 0
+    assert main(trainer_argv(token_dir, plain, TINY, "--max_steps", "5")) == 0
     assert not GNS_KEYS & set(read_metrics(plain)[0])
     widths = [_png_width(plot_runs(runs, tmp_path / f"{len(runs)}.png")) for runs in ([plain], [plain, run_dir])]
     assert widths[1] == widths[0] * 3 // 2  # a third panel, for the run that measured B_simple
@@ -160,7 +155,7 @@ def _png_width(path: Path) -> int:
 
 def test_gns_with_one_batch_size_is_refused_in_one_line_before_any_work(token_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
-        main(_cli(token_dir, tmp_path / "run", "--gns", "--max_steps", "5"))
+        main(trainer_argv(token_dir, tmp_path / "run", TINY, "--gns", "--max_steps", "5"))
     assert refused.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--gns" in error and "grad_accum >= 2" in error

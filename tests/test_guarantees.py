@@ -15,13 +15,14 @@ import torch
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.cli import main
 from pipelines.training.storage.run_dir import METRICS_FILE, SUMMARY_FILE, checkpoint_path
-from tests.runs import ROOT, TINY, trainer_command, wait_for_progress
+from tests.commands import ROOT
+from tests.runs import TINY, TRAINER, trainer_argv, wait_for_progress
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def command(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return trainer_command(data, run_dir, {**TINY, "log_every": 1, "checkpoint_every": 2, "eval.every": 20}, *extra)
+def arguments(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return trainer_argv(data, run_dir, {**TINY, "log_every": 1, "checkpoint_every": 2, "eval.every": 20}, *extra)
 
 
 def params_of(path: Path) -> dict[str, torch.Tensor]:
@@ -48,23 +49,21 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
     interpreter's start."""
     steps = ["--max_steps", str(max_steps)]
     reference = tmp_path / "reference"
-    assert main(command(data, reference, *steps)[3:]) == 0
+    assert main(arguments(data, reference, *steps)) == 0
 
     run_dir = tmp_path / "killed"
     for rows in rows_before_kills:
         resume = ["--resume"] if checkpoint_path(run_dir).exists() else []
-        process = subprocess.Popen(command(data, run_dir, *steps, *resume), cwd=ROOT, env=ENV,
+        process = subprocess.Popen([*TRAINER, *arguments(data, run_dir, *steps, *resume)], cwd=ROOT, env=ENV,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for_progress(process, run_dir, rows)
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
-        if process.returncode == 0:  # it finished first: nothing left to interrupt
-            break
+        # Every kill comes mid-run: one that found the run finished (or failed) fails here.
         assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
         if checkpoint_path(run_dir).exists():  # whatever moment the kill hit, last.pt loads
             read_train_state(checkpoint_path(run_dir))
-    assert process.returncode == -signal.SIGKILL  # every kill came mid-run: none found the run finished
-    assert main(command(data, run_dir, *steps, "--resume")[3:]) == 0
+    assert main(arguments(data, run_dir, *steps, "--resume")) == 0
 
     final, expected = params_of(checkpoint_path(run_dir, "final.pt")), params_of(checkpoint_path(reference, "final.pt"))
     assert final.keys() == expected.keys() and all(torch.equal(final[name], expected[name]) for name in final)
@@ -76,14 +75,14 @@ def killed_and_resumed_equals_uninterrupted(data: Path, tmp_path: Path, max_step
 
 def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holder(token_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen(command(token_dir, run_dir, "--max_steps", "1000000"), cwd=ROOT, env=ENV,
+    first = subprocess.Popen([*TRAINER, *arguments(token_dir, run_dir, "--max_steps", "1000000")], cwd=ROOT, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_progress(first, run_dir)  # the first trainer holds the lock and trains
         assert first.poll() is None
         # The second trainer: the command's main() in this process, a process apart from the first.
         with pytest.raises(SystemExit) as refused:
-            main(command(token_dir, run_dir, "--max_steps", "10", "--resume")[3:])
+            main(arguments(token_dir, run_dir, "--max_steps", "10", "--resume"))
         assert refused.value.code == 2
         error = capsys.readouterr().err
         assert f"in use by pid {first.pid}" in error and "Traceback" not in error
@@ -108,9 +107,8 @@ def test_a_second_trainer_on_a_busy_run_directory_fails_at_once_naming_the_holde
 )
 def test_a_bad_argument_is_one_line_before_any_work(token_dir, tmp_path, capsys, flags, message):
     run_dir = tmp_path / "run"
-    argv = command(token_dir, run_dir, *flags)[3:]  # the command line after `python -m pipelines.training.cli`
     with pytest.raises(SystemExit) as refused:
-        main(argv)
+        main(arguments(token_dir, run_dir, *flags))
     assert refused.value.code == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1, error

@@ -31,6 +31,7 @@ from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.run.loop import train
 from pipelines.training.storage.checkpoint import save_train_state
 from pipelines.training.storage.run_dir import CONFIG_FILE, SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
+from tests.commands import ROOT
 
 # Nothing here may reach the network: transformers must load the folders as they are. Set before
 # transformers is first imported, as huggingface_hub reads it once, at import.
@@ -38,7 +39,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = "the a cat dog sat ran on mat big small red blue and was happy sad Lily Tom saw ball played with".split()
 
@@ -383,7 +383,7 @@ def test_an_export_that_fails_midway_leaves_no_folder(trained_run, tmp_path, mon
 
 
 def test_the_guides_export_commands_name_real_flags():
-    guide = Path(__file__).parent.parent / "docs" / "export.md"
+    guide = ROOT / "docs" / "export.md"
     blocks = re.findall(r"```bash\n(.*?)```", guide.read_text(), flags=re.S)
     commands = [shlex.split(line.split("  #")[0])[2:] for block in blocks for line in block.splitlines() if line.startswith("just export ")]
     assert len(commands) >= 2

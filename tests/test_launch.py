@@ -21,7 +21,9 @@ from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import SUMMARY_FILE, TOKENIZER_DIR, checkpoint_path
 from pipelines.training.storage.run_lock import lock_run_dir
-from tests.runs import ROOT, children, tiny_config, trainer_command, wait_for_progress
+from tests.commands import ROOT
+from tests.inputs import EOT
+from tests.runs import TRAINER, children, process_stat, tiny_config, trainer_argv, wait_for_progress
 
 SETTINGS = {
     "model.vocab_size": 512, "model.context_length": 16, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
@@ -39,13 +41,14 @@ def text_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "text"
     directory.mkdir()
     for name, stories in (("train.txt", 300), ("valid.txt", 60)):
-        text = "<|endoftext|>".join(" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(stories))
+        text = EOT.join(" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(stories))
         (directory / name).write_text(text)
     return directory
 
 
-def command(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return trainer_command(data, run_dir, SETTINGS, "--nproc", "2", *extra)
+def arguments(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The trainer's arguments for a `--nproc 2` run on SETTINGS."""
+    return trainer_argv(data, run_dir, SETTINGS, "--nproc", "2", *extra)
 
 
 def environment(cache: Path) -> dict[str, str]:
@@ -54,7 +57,7 @@ def environment(cache: Path) -> dict[str, str]:
 
 def start_fresh(data: Path, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
     """A 4-step `--nproc 2` run on a run directory and a cache that do not exist yet."""
-    return subprocess.run(command(data, run_dir, "--max_steps", "4"), cwd=ROOT, env=environment(cache),
+    return subprocess.run([*TRAINER, *arguments(data, run_dir, "--max_steps", "4")], cwd=ROOT, env=environment(cache),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -74,8 +77,8 @@ def test_nproc_2_starts_on_a_fresh_run_directory_with_text_data_only_the_main_pr
     assert result.stderr.count(f"training {run_dir} on cpu x 2 processes") == 1
     assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
 
-    resumed = subprocess.run([sys.executable, "-m", "pipelines.training.cli", "--nproc", "2", "--resume", "--run_dir", str(run_dir),
-                              "--max_steps", "8"], cwd=ROOT, env=environment(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*TRAINER, "--nproc", "2", "--resume", "--run_dir", str(run_dir), "--max_steps", "8"], cwd=ROOT,
+                             env=environment(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert orjson.loads((run_dir / SUMMARY_FILE).read_bytes())["status"] == "completed"
     assert read_train_state(checkpoint_path(run_dir, "final.pt"))["step"] == 8
@@ -105,7 +108,7 @@ def test_nproc_2_starts_every_time_on_fresh_run_directories_under_load(text_dir,
 def test_a_refusal_before_launch_is_one_line_and_starts_nothing(text_dir, tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
-    assert message in refusal(command(text_dir, run_dir, *flags), capsys)
+    assert message in refusal(arguments(text_dir, run_dir, *flags), capsys)
     assert not run_dir.exists()
 
 
@@ -114,16 +117,16 @@ def test_a_busy_run_directory_is_refused_before_launch(text_dir, tmp_path, capsy
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with lock_run_dir(run_dir):  # this test holds it, as a live trainer would
-        error = refusal(command(text_dir, run_dir), capsys)
+        error = refusal(arguments(text_dir, run_dir), capsys)
     assert f"in use by pid {os.getpid()}" in error
     assert [p.name for p in run_dir.iterdir()] == [".lock"]
 
 
 def refusal(argv: list[str], capsys) -> str:
-    """The one line `argv` (a trainer's command line) is refused with, in this process: a refusal
+    """The one line `argv` (the trainer's arguments) is refused with, in this process: a refusal
     before launch starts no process, so nothing here is replaced or forked."""
     try:
-        code = main(argv[3:])
+        code = main(argv)
     except SystemExit as refused:  # the command wrapper's way of ending with a refusal
         code = refused.code
     assert code != 0
@@ -134,7 +137,7 @@ def refusal(argv: list[str], capsys) -> str:
 
 def test_killing_the_launcher_stops_its_workers_and_frees_the_run_directory(text_dir, tmp_path):
     run_dir = tmp_path / "run"
-    launcher = subprocess.Popen(command(text_dir, run_dir, "--max_steps", "1000000", "--set=checkpoint_every=1000000"),
+    launcher = subprocess.Popen([*TRAINER, *arguments(text_dir, run_dir, "--max_steps", "1000000", "--set=checkpoint_every=1000000")],
                                 cwd=ROOT, env=environment(tmp_path / "cache"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_progress(launcher, run_dir)
@@ -160,7 +163,7 @@ def test_killing_the_launcher_stops_its_workers_and_frees_the_run_directory(text
 def alive(pid: int) -> bool:
     """Running (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return process_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 

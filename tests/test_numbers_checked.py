@@ -5,6 +5,8 @@ infinite, NaN, huge, beyond 64 bits, not a number at all, and a few ordinary one
 command's `main(argv)` in this process from an empty working folder, and asserts one of two
 outcomes: a one-line refusal (`error: ...`, exit 2, no traceback) that wrote nothing, or a run
 that works. Anything else (a traceback, a second line, a file written before the refusal) fails.
+CASES gives each command its flags and a working command line by hand; every recipe of the
+justfile (tests/commands.py) whose parser reads a number must have one.
 
 Commands whose accepted runs are slow (training, sweeps, benchmarks, the tokenizer report) are
 checked up to the point where their work begins in the default suite; the slow version runs
@@ -27,7 +29,8 @@ from hypothesis import strategies as st
 from core.errors import UsageError
 from pipelines.training.config.config import field_types
 from pipelines.training.hardware.fits import check_fits
-from tests.commands import command_module
+from tests.commands import command_module, recipe_modules
+from tests.inputs import EOT
 
 EDGES = ["0", "-1", "-3", "0.5", "1", "2", "3", "1.5", "1e-300", "1e10", "1e400", "inf", "-inf", "nan",
          str(2**31), str(2**63), str(10**23), "abc", ""]
@@ -64,11 +67,33 @@ CASES = {
     "split-text": Case(("--valid_fraction",), lambda inputs, out: [str(inputs["text"]), "--out", str(out / "split")]),
     "sweep": Case(("--jobs", "--threads"), lambda inputs, out: ["tinystories/cpu-small", "--out", str(out / "sweep")], runs=False),
     "tokenizer-report": Case(("--samples", "--seed"), lambda inputs, out: ["--data.path", str(inputs["text"].parent)], runs=False),
+    "bench commits": Case(("--batch", "--d_model", "--repeats", "--steps"), lambda inputs, out: ["--base", "HEAD"], runs=False),
+    "bench generate": Case(("--model.context_length", "--model.d_model", "--model.num_heads", "--model.num_layers",
+                            "--model.vocab_size", "--new_tokens", "--prompt_tokens", "--repeats"), lambda inputs, out: [], runs=False),
+    "bench gpu": Case(("--curve_steps", "--steps"), lambda inputs, out: [], runs=False),
+    "bench model": Case(("--batch", "--model.context_length", "--model.d_model", "--model.num_heads", "--model.num_layers",
+                         "--model.vocab_size", "--repeats"), lambda inputs, out: [], runs=False),
+    "bench optimizer": Case(("--model.context_length", "--model.d_model", "--model.num_heads", "--model.num_layers",
+                             "--model.vocab_size", "--repeats", "--threads"), lambda inputs, out: [], runs=False),
     "bench train": Case(("--batch", "--repeats"), lambda inputs, out: [], runs=False),
     "bench ddp": Case(("--batch", "--steps", "--bucket_mb"), lambda inputs, out: [], runs=False),
     "bench sweep": Case(("--model.num_layers", "--model.vocab_size", "--batch", "--steps", "--d_models", "--threads"),
                         lambda inputs, out: [], runs=False),
 }
+
+
+def numeric_flags(recipe: str) -> list[str]:
+    """The command's flags whose values its parser reads as numbers (pipelines/flags.py's integer,
+    integers and number types, or plain int and float)."""
+    actions = command_module(recipe).parser()._actions
+    numeric = [action for action in actions
+               if action.type in (int, float) or getattr(action.type, "__name__", None) in ("integer", "integers", "number")]
+    return sorted(flag for action in numeric for flag in action.option_strings if flag.startswith("--"))
+
+
+def test_every_command_with_numeric_flags_has_its_case():
+    missing = {recipe: flags for recipe in recipe_modules() if recipe not in CASES and (flags := numeric_flags(recipe))}
+    assert not missing, f"commands whose numbers no case draws (add them to CASES): {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +107,7 @@ def inputs(tmp_path_factory) -> dict:
     text = root / "text" / "train.txt"
     text.parent.mkdir()
     text.write_text("".join(f"Once upon a time there was a cat number {i}.\n\n" for i in range(300)))
-    tokenizer = train_tokenizer(text, 300, ["<|endoftext|>"], root / "tok")
+    tokenizer = train_tokenizer(text, 300, [EOT], root / "tok")
     tokens = root / "tokens"
     tokens.mkdir()
     for split in ("train", "valid"):
@@ -166,7 +191,6 @@ draws = st.sampled_from(sorted(CASES)).flatmap(
     lambda recipe: st.tuples(st.just(recipe), st.sampled_from(CASES[recipe].flags), st.sampled_from(EDGES)))
 
 
-@pytest.mark.usefixtures("one_thread")
 @given(draw=draws)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_number_is_refused_in_one_line_or_works(draw, inputs, tmp_path_factory, capsys):
@@ -174,7 +198,6 @@ def test_every_number_is_refused_in_one_line_or_works(draw, inputs, tmp_path_fac
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 @given(draw=draws)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_number_is_refused_in_one_line_or_works_long(draw, inputs, tmp_path_factory, capsys):

@@ -22,9 +22,8 @@ from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 from pipelines.training.data.prepare import SPECIAL_TOKENS, TrainingData, file_key, with_run_tokenizer
 from pipelines.training.storage.run_dir import TOKENIZER_DIR, checkpoint_path
+from tests.commands import ROOT
 from tests.inputs import EOT
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 
 from pipelines.tokenizer import encode, train
 from pipelines.tokenizer.store import load_tokenizer
+from tests.commands import ROOT
 from tests.inputs import EOT
-
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_encoding_onto_its_own_corpus_is_refused_in_one_line(corpus, tokenizer_d
     text = corpus.read_bytes()
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.tokenizer.encode", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(corpus)],
-        capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+        capture_output=True, text=True, cwd=ROOT,
     )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

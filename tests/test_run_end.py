@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import orjson
-import pytest
 import torch
 
 from pipelines.training.cli import main
@@ -17,8 +16,8 @@ from pipelines.training.run.loop import train_variants
 from pipelines.training.storage.checkpoint import read_train_state
 from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.storage.run_dir import FINAL, checkpoint_path
+from tests.runs import trainer_argv
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {
     "model.vocab_size": 264, "model.context_length": 16, "model.d_model": 16, "model.num_layers": 1, "model.num_heads": 2,
@@ -28,8 +27,7 @@ TINY = {
 
 
 def arguments(byte_data_dir: Path, run_dir: Path, **settings) -> list[str]:
-    values = TINY | {"data.path": str(byte_data_dir), "run_dir": str(run_dir)} | settings
-    return ["tinystories", "--preset", "cpu-small", *[f"--set={name}={value}" for name, value in values.items()]]
+    return trainer_argv(byte_data_dir, run_dir, TINY | settings)
 
 
 def files_of(run_dir: Path) -> dict[str, tuple[int, bytes]]:

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.training.storage.run_dir import LOCK_FILE
 from pipelines.training.storage.run_lock import RunDirBusy, check_run_dir_free, lock_run_dir
+from tests.commands import ROOT
 
 _HOLD = """
 import sys, time
@@ -22,7 +23,7 @@ time.sleep(600)
 
 def _holder(run_dir: Path) -> subprocess.Popen:
     """A process that has locked `run_dir` and sleeps holding it."""
-    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], cwd=Path(__file__).parents[1],
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], cwd=ROOT,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline() == "locked\n"
     return child

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
@@ -17,15 +16,14 @@ from core.errors import UsageError
 from pipelines.training.cli import main
 from pipelines.training.run import start as start_module
 from pipelines.training.run.loop import train
-from pipelines.training.storage.metrics import MetricsLog, cut_metrics, read_metrics
+from pipelines.training.storage.metrics import MetricsLog, cut_metrics
 from pipelines.training.storage.run_dir import CONFIG_FILE, FINAL, METRICS_FILE, SUMMARY_FILE, checkpoint_path, remove_if_unstarted
 from tests.inputs import EOT, STORY
-from tests.runs import ROOT, TINY, tiny_config, trainer_command
+from tests.commands import ROOT
+from tests.runs import TINY, tiny_config, trainer_command, wait_for_progress
 
 TEXT_FLAGS = ["--model.vocab_size", "300", "--model.context_length", "16", "--model.d_model", "32", "--model.num_layers", "1",
               "--model.num_heads", "2", "--data.batch_size", "4", "--eval.windows", "4", "--sample.count", "0", "--max_steps", "2"]
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -135,12 +133,7 @@ def test_kill_9_at_random_moments_and_resume_never_repeats_a_step_in_the_metrics
     for attempt in range(4):
         command = base + (["--resume"] if checkpoint_path(run_dir).exists() else [])
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        metrics, rows_before = run_dir / METRICS_FILE, len(read_metrics(run_dir)) if (run_dir / METRICS_FILE).exists() else 0
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline:  # kill after a few more rows, at a varying count
-            if metrics.exists() and metrics.read_bytes().count(b"\n") >= rows_before + 5 + 3 * attempt:
-                break
-            time.sleep(0.05)
+        wait_for_progress(process, run_dir, rows=5 + 3 * attempt, timeout=300)  # kill after a few more rows, at a varying count
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert subprocess.run(base + ["--resume"], cwd=ROOT, env=env, capture_output=True, timeout=600).returncode == 0

@@ -5,8 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -14,6 +12,8 @@ import pytest
 
 from pipelines.experiments import experiment_log
 from pipelines.experiments.sweep import Variant, main, make_variants
+from tests.commands import ROOT
+from tests.runs import wait_for_progress
 
 TINY = [
     "model.vocab_size=64", "model.context_length=16", "model.d_model=16", "model.num_layers=1", "model.num_heads=2",
@@ -113,14 +113,8 @@ def test_sigterm_to_the_sweep_stops_its_trainers_with_a_checkpoint(tmp_path, dat
         "--threads", "1", "--set", f"data.path={data_dir}", "--set", "max_steps=1000000", "--set", "log_every=1",
         "--set", "checkpoint_every=1000000", *[item for pair in settings for item in ("--set", pair)],
     ]
-    root = Path(__file__).parent.parent
-    sweep = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
-    metrics = out / "seed=0" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 3):
-        assert sweep.poll() is None, sweep.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "the first variant logged nothing within 120 s"
-        time.sleep(0.1)
+    sweep = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    wait_for_progress(sweep, out / "seed=0", rows=3)  # a sweep that ended early fails on its summary below
     sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=120)
     first = orjson.loads((out / "seed=0" / "summary.json").read_bytes())

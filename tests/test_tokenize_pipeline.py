@@ -3,6 +3,7 @@ the sidecar, skipping when up to date, atomic output, and the CLI."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ from pipelines.tokenizer.encode import encode_file, main
 from pipelines.tokenizer.store import load_tokenizer
 from pipelines.tokenizer.train import train_tokenizer
 from tests.inputs import EOT
-
 
 
 def make_text(documents: int, separator: str, seed: int = 0) -> str:
@@ -25,7 +25,8 @@ def make_text(documents: int, separator: str, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple:
+def corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
+    """A text of 1500 documents separated by EOT lines, and a 400-token tokenizer trained on it."""
     directory = tmp_path_factory.mktemp("corpus")
     path = directory / "docs.txt"
     path.write_text(make_text(1500, f"\n{EOT}\n"), encoding="utf-8")
@@ -33,8 +34,8 @@ def corpus(tmp_path_factory) -> tuple:
     return path, tokenizer_dir
 
 
-def test_output_is_the_encoding_of_the_whole_text_with_its_sidecar(corpus, tmp_path):
-    path, tokenizer_dir = corpus
+def test_output_is_the_encoding_of_the_whole_text_with_its_sidecar(corpus_and_tokenizer, tmp_path):
+    path, tokenizer_dir = corpus_and_tokenizer
     tokenizer = load_tokenizer(tokenizer_dir)
     out = encode_file(path, tokenizer_dir, tmp_path / "ids.npy")
     ids = np.load(out, mmap_mode="r")
@@ -52,8 +53,8 @@ def test_output_is_the_encoding_of_the_whole_text_with_its_sidecar(corpus, tmp_p
 
 
 @pytest.mark.parametrize("separator", [f"\n{EOT}\n", EOT, "\n"], ids=["eot-lines", "eot-inline", "no-special"])
-def test_workers_write_the_same_ids_in_file_order(corpus, tmp_path, separator):
-    _, tokenizer_dir = corpus
+def test_workers_write_the_same_ids_in_file_order(corpus_and_tokenizer, tmp_path, separator):
+    _, tokenizer_dir = corpus_and_tokenizer
     tokenizer = load_tokenizer(tokenizer_dir)
     path = tmp_path / "text.txt"
     path.write_text(make_text(1500, separator, seed=3), encoding="utf-8")
@@ -61,8 +62,8 @@ def test_workers_write_the_same_ids_in_file_order(corpus, tmp_path, separator):
     assert np.load(parallel).tolist() == tokenizer.encode(path.read_text(encoding="utf-8"))
 
 
-def test_rerun_with_the_same_inputs_does_nothing(corpus, tmp_path, capsys):
-    path, tokenizer_dir = corpus
+def test_rerun_with_the_same_inputs_does_nothing(corpus_and_tokenizer, tmp_path, capsys):
+    path, tokenizer_dir = corpus_and_tokenizer
     out = encode_file(path, tokenizer_dir, tmp_path / "ids.npy")
     written = out.stat().st_mtime_ns
     encode_file(path, tokenizer_dir, out, progress=True)
@@ -75,8 +76,8 @@ def test_rerun_with_the_same_inputs_does_nothing(corpus, tmp_path, capsys):
     assert np.load(out).tolist() == other.encode(path.read_text(encoding="utf-8"))
 
 
-def test_a_changed_source_is_encoded_again(corpus, tmp_path):
-    _, tokenizer_dir = corpus
+def test_a_changed_source_is_encoded_again(corpus_and_tokenizer, tmp_path):
+    _, tokenizer_dir = corpus_and_tokenizer
     path = tmp_path / "text.txt"
     path.write_text("first version", encoding="utf-8")
     out = encode_file(path, tokenizer_dir, tmp_path / "ids.npy")
@@ -95,8 +96,8 @@ def test_large_vocabularies_are_stored_as_uint32(tmp_path):
     assert ids.dtype == np.uint32 and ids[0] == 70_000
 
 
-def test_cli_reports_and_fails_clearly(corpus, tmp_path, capsys):
-    path, tokenizer_dir = corpus
+def test_cli_reports_and_fails_clearly(corpus_and_tokenizer, tmp_path, capsys):
+    path, tokenizer_dir = corpus_and_tokenizer
     out = tmp_path / "ids.npy"
     main([str(path), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--workers", "2"])
     report = capsys.readouterr().out

@@ -173,7 +173,7 @@ def test_save_and_load_round_trip_every_byte_value(tmp_path):
     merges = [(b"#version:", b"x"), (b" ", b"\n"), (b"\xff", b"\x00"), (b" \n", b"\xff\x00"), (b"\xc4", b"\xa0")]
     for left, right in merges:
         vocab[len(vocab)] = left + right
-    tokenizer = Tokenizer(vocab, merges, ["<|endoftext|>", "<|a b|>"])
+    tokenizer = Tokenizer(vocab, merges, [EOT, "<|a b|>"])
     directory = save_tokenizer(tokenizer, tmp_path / "tok")
     assert (directory / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n#version: x\n")
     loaded = load_tokenizer(directory)

@@ -17,10 +17,9 @@ import pytest
 
 from pipelines.tokenizer.encode import read_record
 from pipelines.tokenizer.store import load_tokenizer
+from tests.commands import ROOT, one_line_error
 from tests.inputs import EOT, STORY
-from tests.commands import one_line_error
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Runs a tokenizer command's main(argv) with a pause after a chosen point, announced on stdout,
 # so that the test kills it (SIGKILL, as kill -9) exactly there.

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 from pathlib import Path
 
@@ -33,7 +32,8 @@ from pipelines.training.storage.metrics import read_metrics
 from pipelines.training.config.optimizer import make_optimizer
 from pipelines.training.config.presets import preset_for_device
 from pipelines.training.storage.run_dir import checkpoint_path
-from tests.runs import ROOT, TINY, tiny_config
+from tests.commands import ROOT
+from tests.runs import TINY, tiny_config, trainer_argv, trainer_command, wait_for_progress
 
 def saved_state(run_dir: Path, config: TrainConfig) -> TrainState:
     return load_train_state(read_train_state(checkpoint_path(run_dir)), config.model, make_optimizer(config))
@@ -148,9 +148,8 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(token_dir
 
     monkeypatch.setattr(run_module, "save_train_state", full_disk_on_the_second_save)
     run_dir = tmp_path / "run"
-    argv = ["tinystories", "--preset", "cpu-small", "--run_dir", str(run_dir), "--max_steps", "30", "--checkpoint_every", "5",
-            *[f"--set={k}={v}" for k, v in {**TINY, "data.path": str(token_dir)}.items() if k != "checkpoint_every"]]
-    assert main(argv) == 1
+    settings = {k: v for k, v in TINY.items() if k != "checkpoint_every"}
+    assert main(trainer_argv(token_dir, run_dir, settings, "--max_steps", "30", "--checkpoint_every", "5")) == 1
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["status"] == "failed" and summary["step"] == 10
     assert "No space left on device" in summary["message"] and "(step 5)" in summary["message"]
@@ -160,19 +159,12 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_in_one_line(token_dir
 
 def test_sigint_writes_a_checkpoint_and_the_run_resumes_from_it(token_dir, tmp_path):
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "pipelines.training.cli", "tinystories", "--preset", "cpu-small", "--data.path", str(token_dir),
-        "--run_dir", str(run_dir), "--max_steps", "1000000", "--log_every", "1", "--eval.every", "1000",
-        "--checkpoint_every", "1000", *[f"--set={k}={v}" for k, v in TINY.items() if k not in ("log_every", "eval.every", "checkpoint_every")],
-    ]
+    settings = {k: v for k, v in TINY.items() if k not in ("log_every", "eval.every", "checkpoint_every")}
+    command = trainer_command(token_dir, run_dir, settings, "--max_steps", "1000000", "--log_every", "1", "--eval.every", "1000",
+                              "--checkpoint_every", "1000")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 3):
-        assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "the run logged nothing within 120 s"
-        time.sleep(0.1)
+    wait_for_progress(process, run_dir, rows=3)  # a run that ended early fails on its exit code below
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr.decode()[-2000:]

@@ -3,7 +3,6 @@ nn.Parameters, backward(), clip_grad_norm_ and torch.optim.AdamW with param grou
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from core.train_step import make_train_step
 from core.tree import tree_leaves, tree_map
 from params.init import init_params
 from params.tree import flatten, unflatten
+from tests.commands import ROOT
 
 CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2)
 SCHEDULE = warmup_cosine(3e-2, 3e-3, 2, 8)
@@ -138,6 +138,5 @@ print("ok")
 @pytest.mark.slow
 def test_the_whole_compiled_step_equals_the_eager_step_and_applies_nothing_non_finite():
     # In a fresh interpreter: torch.compile cannot trace the runtime shape checks `just test` adds.
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", WHOLE_STEP_CHECK], cwd=root, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", WHOLE_STEP_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
